@@ -270,3 +270,20 @@ def test_decode_malformed_utf8(corpus_en_bpe):
     tok = Tokenizer(vocab, merges)
     assert tok.decode([0xE4, 0xB8]) == "\ufffd"      # truncated 3-byte sequence
     assert tok.decode([0xFF, ord("a")]) == "\ufffda"
+
+
+# ------------------------------------------------------------------ the benchmark script still runs
+@need("corpus_en", "tinyshakespeare", "tinystories_sample", "gpt2_vocab", "gpt2_merges")
+def test_benchmark_smoke(tmp_path):
+    pytest.importorskip("tiktoken"); pytest.importorskip("tokenizers")
+    import subprocess, sys
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_tokenization.py"), "--quick", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert {"training", "encoding", "stream", "scaling"} <= set(res)
+    assert res["training"][0]["ours"]["vocab"] == 500 and res["training"][0]["hf"]["vocab"] == 500
+    assert abs(res["training"][0]["ours"]["heldout_bytes_per_token"] - res["training"][0]["hf"]["heldout_bytes_per_token"]) < 0.05
+    assert "| corpus | vocab |" in r.stdout and "| workers |" in r.stdout
