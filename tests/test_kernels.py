@@ -1,0 +1,200 @@
+"""Lecture 6 kernels against references. On CPU the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1,
+set here before triton is imported), at tiny sizes; the GPU tests run only where CUDA is present."""
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from cs336_nb import kernels as K  # noqa: E402
+
+needs_triton = pytest.mark.skipif(not K.triton_available(), reason="triton is not installed")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_import_without_triton_is_lazy():
+    import subprocess, sys
+    code = ("import sys, cs336_nb.kernels as K; assert 'triton' not in sys.modules, 'triton imported eagerly'; "
+            "print(K.FlashAttention2PyTorch.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_missing_triton_gives_clear_error():
+    import subprocess, sys
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import torch, cs336_nb.kernels as K\n"
+            "try:\n    K.gelu_triton(torch.randn(4))\nexcept K.TritonUnavailable as e:\n    print('OK', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("OK") and "pip install triton" in r.stdout, r.stdout + r.stderr
+
+
+@needs_triton
+@pytest.mark.parametrize("n", [1, 1000, 4099])
+def test_gelu_triton(n):
+    torch.manual_seed(n)
+    x = torch.randn(n, device=DEV) * 3
+    out = torch.full_like(x, float("nan"))
+    out = K.gelu_triton(x, block=1024)
+    ref = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    assert not out.isnan().any() and rel(out, ref) < 1e-6
+    assert rel(K.gelu_eager(x), ref) < 1e-6
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(1, 7), (37, 1000), (3, 5, 130)])
+def test_softmax_triton(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, device=DEV) * 10
+    ref = torch.softmax(x.double(), -1)
+    assert rel(K.softmax_triton(x), ref) < 1e-6 and rel(K.softmax_eager(x), ref) < 1e-6
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(5, 100), (7, 3, 64), (70, 33)])
+def test_rmsnorm_triton_fwd_bwd(shape):
+    torch.manual_seed(1)
+    x = torch.randn(*shape, device=DEV, requires_grad=True)
+    w = torch.randn(shape[-1], device=DEV, requires_grad=True)
+    dy = torch.randn(*shape, device=DEV)
+    y = K.rmsnorm_triton(x, w)
+    gx, gw = torch.autograd.grad(y, (x, w), dy)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    y64 = K.rmsnorm_eager(x64, w64)
+    rx, rw = torch.autograd.grad(y64, (x64, w64), dy.double())
+    assert rel(y, y64) < 1e-5 and rel(gx, rx) < 1e-5 and rel(gw, rw) < 1e-5
+
+
+@needs_triton
+def test_rmsnorm_module_drop_in():
+    from cs336_nb.model import RMSNorm
+    torch.manual_seed(2)
+    ref = RMSNorm(48).to(DEV)
+    with torch.no_grad(): ref.weight.normal_()
+    ours = K.TritonRMSNorm(48).to(DEV)
+    ours.load_state_dict(ref.state_dict())  # same state dict
+    x = torch.randn(9, 48, device=DEV)
+    assert rel(ours(x), ref(x)) < 1e-5
+    assert rel(K.TritonRMSNorm.from_module(ref)(x), ref(x)) < 1e-5
+    with pytest.raises(ValueError, match="d_model"):
+        K.TritonRMSNorm(0)
+    with pytest.raises(ValueError, match="weight"):
+        K.rmsnorm_triton(x, torch.ones(47, device=DEV))
+
+
+TOL32 = 1e-4 if DEV == "cpu" else 5e-3  # on a GPU tl.dot runs float32 as tf32
+
+
+def _check_flash(cls, lead, nq, nk, d, causal, dtype=torch.float32, device=DEV, tol=None):
+    tol = tol or (1e-4 if device == "cpu" else TOL32)
+    q = torch.randn(*lead, nq, d, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn(*lead, nk, d, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(*lead, nk, d, device=device, dtype=dtype, requires_grad=True)
+    out = cls.apply(q, k, v, causal)
+    saved = [t for t in out.grad_fn.saved_tensors if t.shape == (math.prod(lead), nq)]
+    assert len(saved) == 1, "logsumexp must be the one saved tensor of shape (batch, n_queries)"
+    do = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref, lse = K.attention_reference(q64, k64, v64, causal)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), do.double())
+    errs = [rel(out, ref), rel(saved[0].view(lse.shape), lse)] + [rel(a, b) for a, b in zip(grads, ref_grads)]
+    assert all(e == e for e in errs) and max(errs) < tol, errs
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lead,nq,nk,d", [((2,), 37, 37, 8), ((1, 2), 20, 45, 16), ((2,), 50, 17, 8)])
+def test_flash_pytorch(lead, nq, nk, d, causal):
+    torch.manual_seed(3)
+    _check_flash(K.FlashAttention2PyTorch, lead, nq, nk, d, causal, device="cpu")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_pytorch_gradcheck(causal):
+    torch.manual_seed(4)
+    q = torch.randn(2, 19, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 23, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda q, k, v: K.FlashAttention2PyTorch.apply(q, k, v, causal), (q, k, v))
+
+
+@needs_triton
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lead,nq,nk,d", [((2,), 37, 37, 16), ((1, 2), 20, 45, 8), ((2,), 50, 17, 24), ((1,), 64, 64, 16)])
+def test_flash_triton_matches_autograd_of_naive(lead, nq, nk, d, causal):
+    torch.manual_seed(5)
+    _check_flash(K.FlashAttention2Triton, lead, nq, nk, d, causal)
+
+
+@needs_triton
+def test_flash_triton_odd_block_configs():
+    # tiles of different shapes for forward, dK/dV and dQ (the GPU uses such mixes)
+    if DEV != "cpu": pytest.skip("interpreter-size config test")
+    torch.manual_seed(6)
+    saved = dict(K.FLASH_CONFIGS)
+    try:
+        for c in (False, True):
+            K.FLASH_CONFIGS[(16, c)] = ((32, 16, 1, 1), (16, 32, 1, 1), (32, 16, 1, 1))
+        for c in (False, True):
+            _check_flash(K.FlashAttention2Triton, (2,), 45, 70, 16, c)
+            _check_flash(K.FlashAttention2Triton, (2,), 70, 33, 16, c)
+    finally:
+        K.FLASH_CONFIGS.clear(); K.FLASH_CONFIGS.update(saved)
+
+
+def test_bad_inputs():
+    q = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match="k"):
+        K.FlashAttention2PyTorch.apply(q, torch.randn(2, 5, 4), torch.randn(2, 5, 8), False)
+    with pytest.raises(ValueError, match="q"):
+        K.FlashAttention2PyTorch.apply(torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8), False)
+    with pytest.raises(ValueError, match="leading"):
+        K.FlashAttention2PyTorch.apply(q, torch.randn(3, 5, 8), torch.randn(3, 5, 8), False)
+
+
+@needs_triton
+def test_attention_backends_registered():
+    from cs336_nb import model as M
+    assert {"flash_pytorch", "flash_triton"} <= set(M.available_attention_backends())
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 21, 16, device=DEV) for _ in range(3))
+    ref = M.get_attention_backend("naive")(q, k, v, True)
+    for name in ("flash_pytorch", "flash_triton"):
+        assert rel(M.get_attention_backend(name)(q, k, v, True), ref) < TOL32
+
+
+def test_accounting():
+    assert K.attention_flops(2, 8, 8, 4) == 4 * 2 * 8 * 8 * 4
+    assert K.attention_flops(2, 8, 8, 4, is_causal=True, backward=True) == 3.5 * 4 * 2 * 8 * 8 * 4 / 2
+    assert K.roofline(2.0, 100.0, 10.0) == 20.0 and K.roofline(50.0, 100.0, 10.0) == 100.0
+
+
+@cuda
+@needs_triton
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 5e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_triton_gpu(dtype, tol, causal):
+    torch.manual_seed(8)
+    for lead, nq, nk, d in [((4,), 128, 128, 64), ((2, 3), 1000, 1000, 128), ((2,), 333, 777, 64), ((2,), 513, 129, 96)]:
+        _check_flash(K.FlashAttention2Triton, lead, nq, nk, d, causal, dtype=dtype, device="cuda", tol=tol)
+
+
+@cuda
+@needs_triton
+def test_rmsnorm_gelu_softmax_gpu_bf16():
+    torch.manual_seed(9)
+    x = torch.randn(1025, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn_like(x)
+    y = K.rmsnorm_triton(x, w); g = torch.autograd.grad(y, (x, w), dy)
+    yr = K.rmsnorm_eager(x, w); gr = torch.autograd.grad(yr, (x, w), dy)
+    assert rel(y, yr) < 1e-2 and rel(g[0], gr[0]) < 1e-2 and rel(g[1], gr[1]) < 1e-2
+    assert rel(K.softmax_triton(x), torch.softmax(x.float(), -1)) < 1e-2
+    assert rel(K.gelu_triton(x), K.gelu_torch(x)) < 1e-2
