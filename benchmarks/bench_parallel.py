@@ -45,17 +45,19 @@ def tables(res: dict) -> str:
                  ddp="ours: DDP per-parameter all-reduce", naive="naive: one all-reduce after backward",
                  zero="ours: DDP(bucketed) + ShardedOptimizer")
     lines += ["", f"Data parallel training step, {dp['torch_ddp']['params'] / 1e6:.0f}M parameters:", "",
-              "| method | step | tokens/s | throughput vs torch DDP | peak memory / GPU | optimizer state / GPU |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| method | step | tokens/s | throughput vs torch DDP | peak memory / GPU | memory between steps / GPU | optimizer state / GPU |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for k, r in dp.items():
         lines.append(f"| {names[k]} | {r['step_s'] * 1e3:.1f} ms | {r['tokens_per_s']:,.0f} | {ref['step_s'] / r['step_s']:.3f}x | "
-                     f"{fmt_bytes(r['peak_bytes'])} | {fmt_bytes(r['optimizer_state_bytes'])} |")
+                     f"{fmt_bytes(r['peak_bytes'])} | {fmt_bytes(r.get('between_steps_bytes', 0))} | {fmt_bytes(r['optimizer_state_bytes'])} |")
     fs = {r["mode"]: r for r in res["fsdp"]}
     lines += ["", "Fully sharded (bf16 compute, fp32 master weights and gradient reduction, one unit per block):", "",
-              "| method | step | tokens/s | throughput vs FSDP2 | peak memory / GPU |", "|---|---:|---:|---:|---:|"]
+              "| method | step | tokens/s | throughput vs FSDP2 | peak memory / GPU | memory between steps / GPU |",
+              "|---|---:|---:|---:|---:|---:|"]
     for k, r in fs.items():
         lines.append(f"| {'torch FSDP2 fully_shard' if k == 'fsdp2' else 'ours: FSDP'} | {r['step_s'] * 1e3:.1f} ms | "
-                     f"{r['tokens_per_s']:,.0f} | {fs['fsdp2']['step_s'] / r['step_s']:.3f}x | {fmt_bytes(r['peak_bytes'])} |")
+                     f"{r['tokens_per_s']:,.0f} | {fs['fsdp2']['step_s'] / r['step_s']:.3f}x | {fmt_bytes(r['peak_bytes'])} | "
+                     f"{fmt_bytes(r.get('between_steps_bytes', 0))} |")
     return "\n".join(lines)
 
 
