@@ -230,6 +230,18 @@ def test_save_and_load_roundtrip(corpus_en_bpe, tmp_path):
     assert back.encode(s) == tok.encode(s)
 
 
+@need("tinyshakespeare")
+def test_saved_files_load_in_hf_tokenizers(corpus_en_bpe, tmp_path):
+    tk = pytest.importorskip("tokenizers")
+    _, (vocab, merges) = corpus_en_bpe
+    tok = Tokenizer(vocab, merges)
+    tok.save(tmp_path / "v.json", tmp_path / "m.txt")
+    hf = tk.Tokenizer(tk.models.BPE.from_file(str(tmp_path / "v.json"), str(tmp_path / "m.txt")))
+    hf.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = corpus_path("tinyshakespeare").read_text(encoding="utf-8")[:50_000]
+    assert hf.encode(text).ids == tok.encode(text)
+
+
 def test_gpt2_files_format(gpt2):
     assert len(gpt2) == 50257 and gpt2.vocab[50256] == EOT.encode() and len(gpt2.merges) == 50000
     b2u = bytes_to_unicode()
