@@ -140,9 +140,25 @@ def test_fsdp_bf16_compute_fp32_master():
 
 
 # ---------------------------------------------------------------- tensor and pipeline parallelism
+def _wrapped_models_are_freed():
+    "A wrapper must not keep its model alive once the user drops it (hooks on parameters live in C++, out of gc's sight)."
+    import gc
+    import weakref
+    from cs336_nb.parallel import ToyNet
+    out = {}
+    for kind in ("ddp", "ddp_bucketed", "fsdp"):
+        model = ToyNet(); ref = weakref.ref(model)
+        m = FSDP(model) if kind == "fsdp" else DDP(model, bucket_size_mb=1e-4 if kind == "ddp_bucketed" else None)
+        m(torch.randn(4, 5)).sum().backward(); m.finish_gradient_synchronization()
+        del m, model; gc.collect()
+        out[kind] = ref() is None
+    return out
+
+
 def _tp_and_pp(rank, ws):
     return dict(tp=tensor_parallel_check(rank, ws, TINY), gpipe=pipeline_check(rank, ws, TINY, kind="gpipe"),
-                onef=pipeline_check(rank, ws, TINY, kind="1f1b", num_microbatches=2, batch_size=4))
+                onef=pipeline_check(rank, ws, TINY, kind="1f1b", num_microbatches=2, batch_size=4),
+                freed=_wrapped_models_are_freed())
 
 
 def test_tensor_and_pipeline_parallel_match_one_device():
@@ -156,6 +172,7 @@ def test_tensor_and_pipeline_parallel_match_one_device():
     assert res[1]["gpipe"]["loss"] == pytest.approx(res[1]["gpipe"]["ref_loss"], abs=1e-6)
     assert res[0]["gpipe"]["loss"] is None
     assert [op for op, *_ in res[0]["onef"]["timeline"]] == ["F", "F", "B", "B"]
+    assert res[0]["freed"] == {"ddp": True, "ddp_bucketed": True, "fsdp": True}
 
 
 def test_pipeline_four_stages():
