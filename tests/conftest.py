@@ -5,6 +5,15 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("CS336_OFFLINE", "1")
+# Triton kernels run on the CPU through Triton's interpreter. The variable is read when triton is first
+# imported, and any test module (or torch itself) may import it first: set it before all of them.
+try:
+    import torch
+    _cuda = torch.cuda.is_available()
+except ImportError:
+    _cuda = False
+if not _cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 ROOT = Path(__file__).resolve().parents[1]
 _shared = ROOT.parent / "shared" / "data"
 if "CS336_DATA" not in os.environ and _shared.is_dir():
