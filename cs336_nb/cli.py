@@ -1,5 +1,4 @@
-"""`cs336-nb build` executes every lecture on this machine (GPU cells when a GPU is present), saves the
-outputs into the notebooks and renders the documentation site; `cs336-nb train` trains a model.
+"""`cs336-nb build` executes every lecture on this machine (GPU cells when a GPU is present), saves the outputs into the notebooks and renders the documentation site; `cs336-nb train` trains a model.
 
 Docs: https://cs336-nb.github.io/cs336-nb/cli.html.md"""
 

@@ -1,5 +1,4 @@
-"""The small toolbox every lecture uses: pick a device, seed everything, time code properly, know the peak
-FLOP/s and bandwidth of the accelerator you are on, compute MFU, and show values readably.
+"""The small toolbox every lecture uses: pick a device, seed everything, time code properly, know the peak FLOP/s and bandwidth of the accelerator you are on, compute MFU, and show values readably.
 
 Docs: https://cs336-nb.github.io/cs336-nb/core.html.md"""
 

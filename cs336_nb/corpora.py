@@ -1,5 +1,4 @@
-"""Named corpora found by explicit path, `$CS336_DATA`, the user cache, a download (progress bar, checksum,
-atomic write), or an offline stand-in that ships with Python itself, so every lecture runs anywhere.
+"""Named corpora found by explicit path, `$CS336_DATA`, the user cache, a download (progress bar, checksum, atomic write), or an offline stand-in that ships with Python itself, so every lecture runs anywhere.
 
 Docs: https://cs336-nb.github.io/cs336-nb/corpora.html.md"""
 

@@ -1,5 +1,4 @@
-"""The modern decoder-only Transformer (pre-norm, RMSNorm, SwiGLU, RoPE, grouped-query attention) built piece by
-piece from raw PyTorch, tested against PyTorch's own modules, with its parameters, FLOPs and KV cache counted.
+"""The modern decoder-only Transformer (pre-norm, RMSNorm, SwiGLU, RoPE, grouped-query attention) built piece by piece from raw PyTorch, tested against PyTorch's own modules, with its parameters, FLOPs and KV cache counted.
 
 Docs: https://cs336-nb.github.io/cs336-nb/architectures.html.md"""
 

@@ -1,5 +1,4 @@
-"""Hand-written SGD, AdaGrad and AdamW as real `torch.optim.Optimizer`s, tested against PyTorch's: the state each
-one keeps is the optimizer line of the training-memory bill of Lecture 2.
+"""Hand-written SGD, AdaGrad and AdamW as real `torch.optim.Optimizer`s, tested against PyTorch's: the state each one keeps is the optimizer line of the training-memory bill of Lecture 2.
 
 Docs: https://cs336-nb.github.io/cs336-nb/optimizers.html.md"""
 

@@ -1,6 +1,4 @@
-"""From raw text to integer ids: character, byte and word tokenizers measured on real text, byte-pair encoding
-(BPE) by hand, GPT-2's pre-tokenizer and special tokens, then a fast byte-level BPE trainer and tokenizer that
-matches `tiktoken`'s GPT-2 ids exactly and trains within 2x of Hugging Face's Rust `tokenizers`.
+"""From raw text to integer ids: character, byte and word tokenizers measured on real text, byte-pair encoding (BPE) by hand, GPT-2's pre-tokenizer and special tokens, then a fast byte-level BPE trainer and tokenizer that matches `tiktoken`'s GPT-2 ids exactly and trains within 2x of Hugging Face's Rust `tokenizers`.
 
 Docs: https://cs336-nb.github.io/cs336-nb/tokenization.html.md"""
 

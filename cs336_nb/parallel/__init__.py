@@ -1,5 +1,4 @@
-"""Collectives, data parallelism (DDP), ZeRO optimizer sharding, fully sharded data parallelism (FSDP), tensor and
-pipeline parallelism — each built on `torch.distributed`, run in real processes, and checked against one device.
+"""Collectives, data parallelism (DDP), ZeRO optimizer sharding, fully sharded data parallelism (FSDP), tensor and pipeline parallelism — each built on `torch.distributed`, run in real processes, and checked against one device.
 
 Docs: https://cs336-nb.github.io/cs336-nb/parallelism.html.md"""
 
