@@ -35,6 +35,24 @@ __all__ = ['cross_entropy', 'get_lr_cosine_schedule', 'gradient_clipping', 'toke
            'generate', 'train_cli']
 
 # %% ../nbs/04_training.ipynb #122e1fe9
+class _CrossEntropyFn(torch.autograd.Function):
+    "Saves only the logits (in their own dtype) and one float32 log-sum-exp per row: no float32 N x V copy lives until backward."
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:     # logits (N, V), targets (N,)
+        x = logits.float()
+        m = x.amax(dim=-1, keepdim=True)                    # subtract the max: exp never overflows
+        log_z = torch.log(torch.exp(x - m).sum(dim=-1)) + m.squeeze(-1)
+        target_logit = x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        ctx.save_for_backward(logits, targets, log_z)
+        return (log_z - target_logit).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        logits, targets, log_z = ctx.saved_tensors
+        p = torch.exp(logits.float() - log_z.unsqueeze(-1))  # softmax, recomputed from the saved logits
+        p = p.scatter_add(-1, targets.unsqueeze(-1), -torch.ones_like(log_z).unsqueeze(-1))  # softmax - onehot
+        return (p * (grad_out / targets.numel())).to(logits.dtype), None
+
 def cross_entropy(logits: Float[Tensor, "... vocab"], targets: Int[Tensor, "..."]) -> Float[Tensor, ""]:
     "Mean negative log-likelihood of `targets` under `logits`, computed stably in float32, over any leading dims."
     if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
@@ -44,11 +62,7 @@ def cross_entropy(logits: Float[Tensor, "... vocab"], targets: Int[Tensor, "..."
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets shape {tuple(targets.shape)} must equal logits shape without its last dim "
                          f"{tuple(logits.shape[:-1])}")
-    x = logits.float()
-    m = x.amax(dim=-1, keepdim=True).detach()           # subtract the max: exp never overflows
-    log_z = torch.log(torch.exp(x - m).sum(dim=-1)) + m.squeeze(-1)
-    target_logit = x.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    return (log_z - target_logit).mean()
+    return _CrossEntropyFn.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
 
 # %% ../nbs/04_training.ipynb #6da974f8
 def get_lr_cosine_schedule(it: int, max_learning_rate: float, min_learning_rate: float,

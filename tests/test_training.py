@@ -267,3 +267,17 @@ def test_bench_script_smoke():
     assert [r["name"] for r in res["rows"]] == ["ours-sdpa", "reference"] and res["rows"][1]["vs_reference"] == 1.0
     assert all(r["tokens_per_s"] > 0 and r["predicted_memory"] > 0 for r in res["rows"])
     assert "| ours-sdpa |" in bench_training.to_markdown(res)
+
+
+def test_cross_entropy_saves_no_float32_logits():
+    "For backward only the bf16 logits and one float32 value per row are kept, never a float32 N x V copy."
+    torch.manual_seed(0)
+    logits = torch.randn(4, 8, 300, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 300, (4, 8))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+        loss = cross_entropy(logits, targets)
+    assert not any(dt == torch.float32 and n >= 32 * 300 for dt, n in saved), saved
+    assert (torch.bfloat16, 32 * 300) in saved
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
