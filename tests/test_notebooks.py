@@ -22,13 +22,16 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook(nb: Path):
-    cmd = [sys.executable, "-c", "from nbdev.test import nbdev_test; nbdev_test()", str(nb), "--n-workers", "0"]
     flags = test_flags()
-    if flags: cmd += ["--flags", " ".join(flags)]
+    # Called with keyword arguments: a bare `nbdev_test()` under `python -c` does not read sys.argv (fastcore's
+    # call_parse only does so for console scripts) and would test every notebook.
+    code = f"from nbdev.test import nbdev_test; nbdev_test(path={str(nb)!r}, flags={' '.join(flags)!r}, n_workers=0, do_print=True)"
+    cmd = [sys.executable, "-c", code]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     took = time.perf_counter() - t0
     print(f"{nb.name}: {took:.1f} s")
+    assert f"Completed {nb}" in r.stdout or r.returncode != 0, f"nbdev-test did not run {nb.name}:\n{r.stdout[-2000:]}"
     if r.returncode != 0:
         # nbdev prints the failing cell's number and traceback on stderr
         pytest.fail(f"{nb.name} failed under nbdev-test (flags: {flags or 'none'}):\n{r.stdout[-3000:]}\n{r.stderr[-12000:]}",
