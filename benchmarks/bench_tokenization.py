@@ -32,12 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"): cpu = line.split(":", 1)[1].strip(); break
-    except OSError: pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
+    from cs336_nb.core import cpu_name
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}"
 
 
 def rss_bytes() -> int:
