@@ -128,7 +128,9 @@ class AdamW(torch.optim.Optimizer):
         torch._foreach_lerp_(ms, grads, 1 - b1)
         torch._foreach_mul_(vs, b2)
         torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)): the same step
+        # with the bias corrections folded into two scalars, one pass over the parameters fewer than dividing by sqrt(bc2)
+        bc2_sqrt = math.sqrt(1 - b2 ** t)
         denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, math.sqrt(1 - b2 ** t))
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, ms, denom, value=-lr / (1 - b1 ** t))
+        torch._foreach_add_(denom, eps * bc2_sqrt)
+        torch._foreach_addcdiv_(params, ms, denom, value=-lr * bc2_sqrt / (1 - b1 ** t))

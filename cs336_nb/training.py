@@ -35,23 +35,44 @@ __all__ = ['cross_entropy', 'get_lr_cosine_schedule', 'gradient_clipping', 'toke
            'generate', 'train_cli']
 
 # %% ../nbs/04_training.ipynb #122e1fe9
+_CE_CHUNK = 1 << 26  # eager mode: float32 temporaries of at most this many elements (256 MiB)
+
+def _row_chunks(n: int, v: int) -> list[slice]:
+    rows = max(1, _CE_CHUNK // max(v, 1))
+    return [slice(i, min(i + rows, n)) for i in range(0, n, rows)]
+
 class _CrossEntropyFn(torch.autograd.Function):
-    "Saves only the logits (in their own dtype) and one float32 log-sum-exp per row: no float32 N x V copy lives until backward."
+    "Saves only the logits (in their own dtype) and one float32 log-sum-exp per row; never a float32 N x V tensor."
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:     # logits (N, V), targets (N,)
-        x = logits.float()
-        m = x.amax(dim=-1, keepdim=True)                    # subtract the max: exp never overflows
-        log_z = torch.log(torch.exp(x - m).sum(dim=-1)) + m.squeeze(-1)
-        target_logit = x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if torch.compiler.is_compiling():                   # fused by the compiler: no temporaries
+            x = logits.float()
+            m = x.amax(dim=-1, keepdim=True)                # subtract the max: exp never overflows
+            log_z = torch.log(torch.exp(x - m).sum(dim=-1)) + m.squeeze(-1)
+        else:                                               # eager: float32 temporaries one chunk of rows at a time
+            log_z = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+            for rows in _row_chunks(*logits.shape):
+                x = logits[rows].float()
+                m = x.amax(dim=-1, keepdim=True)
+                log_z[rows] = torch.log(torch.exp(x - m).sum(dim=-1)) + m.squeeze(-1)
+        target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()
         ctx.save_for_backward(logits, targets, log_z)
         return (log_z - target_logit).mean()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, targets, log_z = ctx.saved_tensors
-        p = torch.exp(logits.float() - log_z.unsqueeze(-1))  # softmax, recomputed from the saved logits
-        p = p.scatter_add(-1, targets.unsqueeze(-1), -torch.ones_like(log_z).unsqueeze(-1))  # softmax - onehot
-        return (p * (grad_out / targets.numel())).to(logits.dtype), None
+        scale = grad_out / targets.numel()
+        if torch.compiler.is_compiling():                   # elementwise, one-hot included: one fused kernel
+            onehot = torch.arange(logits.shape[-1], device=logits.device) == targets.unsqueeze(-1)
+            grad = (torch.exp(logits.float() - log_z.unsqueeze(-1)) - onehot.float()) * scale
+            return grad.to(logits.dtype), None
+        grad = torch.empty_like(logits)
+        for rows in _row_chunks(*logits.shape):
+            p = torch.exp(logits[rows].float() - log_z[rows].unsqueeze(-1))   # softmax, recomputed
+            p[torch.arange(p.shape[0], device=p.device), targets[rows]] -= 1.0  # softmax - onehot
+            grad[rows] = p.mul_(scale)
+        return grad, None
 
 def cross_entropy(logits: Float[Tensor, "... vocab"], targets: Int[Tensor, "..."]) -> Float[Tensor, ""]:
     "Mean negative log-likelihood of `targets` under `logits`, computed stably in float32, over any leading dims."

@@ -281,3 +281,17 @@ def test_cross_entropy_saves_no_float32_logits():
     assert (torch.bfloat16, 32 * 300) in saved
     loss.backward()
     assert logits.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("chunk", [1, 7 * 11, 10**9])  # smaller than a row, a few rows, everything at once
+def test_cross_entropy_eager_chunks(monkeypatch, chunk):
+    "Eager mode bounds its float32 temporaries by processing rows in chunks: any chunk size gives the same loss and gradient."
+    import cs336_nb.training as T
+    monkeypatch.setattr(T, "_CE_CHUNK", chunk)
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(5, 9, 11, generator=g) * 4).requires_grad_()
+    targets = torch.randint(0, 11, (5, 9), generator=g)
+    cross_entropy(logits, targets).backward()
+    ref = logits.detach().clone().requires_grad_()
+    F.cross_entropy(ref.reshape(-1, 11), targets.reshape(-1)).backward()
+    assert torch.allclose(logits.grad, ref.grad, atol=1e-7)
