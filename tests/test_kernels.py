@@ -37,6 +37,52 @@ def test_missing_triton_gives_clear_error():
     assert r.returncode == 0 and r.stdout.startswith("OK") and "pip install triton" in r.stdout, r.stdout + r.stderr
 
 
+PUBLIC = ("Callable F FLASH_CONFIGS FlashAttention2PyTorch FlashAttention2Triton Float GELU_CUDA_SOURCE RMSNORM_BWD_CONFIG "
+          "RMSNORM_MAX_DIM RMSNormTritonFunction Tensor TritonRMSNorm TritonUnavailable attention_flops attention_impls "
+          "attention_reference bench_attention bench_memory_bound flash_config gelu_cuda gelu_eager gelu_torch gelu_triton "
+          "matmul_tile_efficiency measure_copy_bandwidth measure_matmul_flops plot_roofline register_attention_backends "
+          "rmsnorm_eager rmsnorm_triton roofline softmax_eager softmax_triton time_fn triton_available "
+          "triton_interpreting").split()
+
+
+def test_package_reexports_every_kernel_module():
+    "One module per kernel; `cs336_nb.kernels` re-exports their public names (the same objects, not copies)."
+    from cs336_nb.kernels import _triton, elementwise, flash_attention, measurements, rmsnorm
+    assert [n for n in PUBLIC if not hasattr(K, n)] == []
+    for m in (_triton, elementwise, rmsnorm, flash_attention, measurements):
+        assert m.__all__ and set(m.__all__) <= set(K.__all__), m.__name__
+        for n in m.__all__:
+            assert getattr(K, n) is getattr(m, n), f"{m.__name__}.{n}"
+    assert K._import_triton is _triton._import_triton  # benchmarks/bench_kernels.py uses it
+
+
+@needs_triton
+def test_each_kernel_module_binds_triton_in_its_own_globals():
+    "@triton.jit resolves `tl` in the defining module's globals: building one module's kernels binds that module only."
+    import subprocess, sys
+    code = ("import torch, cs336_nb.kernels as K\n"
+            "from cs336_nb.kernels import elementwise as E, rmsnorm as R, flash_attention as FA\n"
+            "assert E.tl is None and R.tl is None and FA.tl is None, 'triton bound before any kernel was built'\n"
+            "x = torch.randn(5, 40, device=DEV, requires_grad=True); w = torch.randn(40, device=DEV, requires_grad=True)\n"
+            "y = K.rmsnorm_triton(x, w); y.sum().backward()\n"
+            "assert R.tl is R.triton.language and E.tl is None and FA.tl is None\n"
+            "K.softmax_triton(x.detach()); assert E.tl is E.triton.language and FA.tl is None\n"
+            "q = torch.randn(1, 20, 16, device=DEV); K.FlashAttention2Triton.apply(q, q, q, True)\n"
+            "assert FA.tl is FA.triton.language is R.tl\n"
+            "print('OK')\n").replace("DEV", repr(DEV))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stdout + r.stderr
+
+
+def test_flash_config_without_building_kernels():
+    "flash_config is public: it must not need the kernels built (nor Triton imported) to answer."
+    import subprocess, sys
+    code = ("import sys, cs336_nb.kernels as K\n"
+            "print(K.flash_config(64, False), K.flash_config(128, True, 'cuda', 4), K.flash_config(8, True, 'cpu'))\n"
+            "assert 'triton' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
 @needs_triton
 @pytest.mark.parametrize("n", [1, 1000, 4099])
 def test_gelu_triton(n):
@@ -198,3 +244,25 @@ def test_rmsnorm_gelu_softmax_gpu_bf16():
     assert rel(y, yr) < 1e-2 and rel(g[0], gr[0]) < 1e-2 and rel(g[1], gr[1]) < 1e-2
     assert rel(K.softmax_triton(x), torch.softmax(x.float(), -1)) < 1e-2
     assert rel(K.gelu_triton(x), K.gelu_torch(x)) < 1e-2
+
+
+@cuda
+@needs_triton
+def test_flash_backend_under_torch_compile():
+    "The Triton FlashAttention backend inside a compiled model: same loss and gradients as the sdpa backend."
+    from cs336_nb.model import ModelConfig, TransformerLM
+    from cs336_nb.training import cross_entropy
+    cfg = ModelConfig.tiny(vocab_size=256, context_length=128, d_model=128, num_heads=2, num_layers=2)
+    out = {}
+    for backend in ("sdpa", "flash_triton"):
+        torch.manual_seed(0)
+        m = TransformerLM.from_config(cfg.replace(attn_backend=backend), device="cuda")
+        x = torch.randint(0, 256, (4, 128), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+        step = torch.compile(lambda x: cross_entropy(m(x), x))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step(x)
+        loss.backward()
+        out[backend] = (loss.item(), m.layers[0].attn.q_proj.weight.grad.float())
+    assert abs(out["sdpa"][0] - out["flash_triton"][0]) < 2e-2
+    g0, g1 = out["sdpa"][1], out["flash_triton"][1]
+    assert (g0 - g1).norm() / g0.norm() < 5e-2
