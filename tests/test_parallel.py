@@ -181,6 +181,19 @@ def test_pipeline_four_stages():
     assert res[3]["loss"] == pytest.approx(res[3]["ref_loss"], abs=1e-6)
 
 
+# ---------------------------------------------------------------- the package: one module per part of the lecture
+def test_package_reexports_every_part():
+    "`cs336_nb.parallel` re-exports every public name of its parts (also in `__all__`); workers keep their real module."
+    import cs336_nb.parallel as P
+    from cs336_nb.parallel import bench, data_parallel, fsdp, tensor_pipeline
+    for mod in (data_parallel, fsdp, tensor_pipeline, bench):
+        assert set(mod.__all__) <= set(P.__all__), (mod.__name__, set(mod.__all__) - set(P.__all__))
+        for name in mod.__all__: assert getattr(P, name) is getattr(mod, name), name
+    assert len(P.__all__) == len(set(P.__all__))
+    assert P.train_compare_many.__module__ == "cs336_nb.parallel.data_parallel"  # spawned workers import it from there
+    assert P.bench_all.__module__ == "cs336_nb.parallel.bench" and P.launch.__module__ == "cs336_nb.parallel"
+
+
 # ---------------------------------------------------------------- argument checks (no process group needed)
 def test_bad_arguments():
     with pytest.raises(ValueError, match="bucket_size_mb"): DDP(torch.nn.Linear(2, 2), bucket_size_mb=0)

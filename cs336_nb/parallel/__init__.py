@@ -1,4 +1,4 @@
-"""Collectives, data parallelism (DDP), ZeRO optimizer sharding, fully sharded data parallelism (FSDP), tensor and pipeline parallelism — each built on `torch.distributed`, run in real processes, and checked against one device.
+"""Why one GPU is not enough; starting real processes, the collectives and the bytes they send, and the memory bill of training (ZeRO stages, activations): the groundwork for data, fully sharded, tensor and pipeline parallelism in parts 2 to 5.
 
 Docs: https://cs336-nb.github.io/cs336-nb/parallelism.html.md"""
 
@@ -7,10 +7,8 @@ Docs: https://cs336-nb.github.io/cs336-nb/parallelism.html.md"""
 # %% ../../nbs/07_parallelism.ipynb #d8d38ac9
 from __future__ import annotations
 
-import copy
 import datetime
 import io
-import math
 import os
 import queue as _queue
 import socket
@@ -18,27 +16,23 @@ import sys
 import time
 import traceback
 import types
-import weakref
 from typing import Any, Callable, Literal
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch import Tensor, nn
-
-from ..model import ModelConfig, TransformerLM
+from torch import Tensor
 
 # %% auto #0
 __all__ = ['SAFE_ENV', 'all_gather_flat', 'reduce_scatter_flat', 'NVLINK4_BANDWIDTH_PER_DIRECTION', 'CollectiveOp', 'Recompute',
-           'ModelSpec', 'Wrapper', 'Schedule', 'WorkerError', 'free_port', 'launch', 'world', 'avg_op',
-           'all_reduce_mean_', 'collectives_demo', 'ring_bytes_per_rank', 'bus_bandwidth', 'measure_collective',
-           'training_bytes_per_param', 'zero_memory_per_gpu', 'pipeline_bubble_fraction', 'activation_bytes_per_layer',
-           'broadcast_module_', 'all_reduce_gradients', 'DDP', 'ToyNet', 'build_model', 'make_batch', 'loss_of',
-           'train_compare', 'fail_on_rank', 'train_compare_many', 'ShardedOptimizer', 'optimizer_state_bytes', 'FSDP',
+           'WorkerError', 'free_port', 'launch', 'fail_on_rank', 'world', 'avg_op', 'all_reduce_mean_',
+           'collectives_demo', 'ring_bytes_per_rank', 'bus_bandwidth', 'measure_collective', 'training_bytes_per_param',
+           'zero_memory_per_gpu', 'pipeline_bubble_fraction', 'activation_bytes_per_layer', 'FSDP', 'broadcast_module_',
+           'all_reduce_gradients', 'DDP', 'ToyNet', 'ModelSpec', 'build_model', 'make_batch', 'loss_of', 'Wrapper',
+           'train_compare', 'train_compare_many', 'ShardedOptimizer', 'optimizer_state_bytes',
            'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU', 'tensor_parallelize_mlps_',
-           'tensor_parallel_check', 'pipeline_schedule', 'simulate_schedule', 'PipelineStage', 'run_pipeline',
-           'pipeline_check', 'bench_data_parallel', 'bench_fsdp', 'bench_all']
+           'tensor_parallel_check', 'Schedule', 'pipeline_schedule', 'simulate_schedule', 'PipelineStage',
+           'run_pipeline', 'pipeline_check', 'bench_data_parallel', 'bench_fsdp', 'bench_all']
 
 # %% ../../nbs/07_parallelism.ipynb #7f4247f1
 #: Environment every worker gets: NVLink multicast (NVLS) off in NCCL, PyTorch and NVSHMEM (the shared
@@ -169,6 +163,13 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, backend: str = "
         results.close()
     return [out[r] for r in range(world_size)]
 
+
+def fail_on_rank(rank: int, world_size: int, bad_rank: int = 1) -> int:
+    "Worker for demonstrating error reports: rank `bad_rank` raises, the others wait in a barrier."
+    if rank == bad_rank: raise ValueError(f"rank {rank} was told to fail")
+    dist.barrier()
+    return rank
+
 # %% ../../nbs/07_parallelism.ipynb #38a99943
 # `all_gather_into_tensor`/`reduce_scatter_tensor` were renamed `*_single` in torch 2.12; use whichever exists.
 all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -241,11 +242,30 @@ def bus_bandwidth(op: CollectiveOp, nbytes: float, seconds: float, world_size: i
     return algbw, ring_bytes_per_rank(op, algbw, world_size)
 
 
+def _device() -> torch.device:
+    "This rank's device: its GPU under NCCL, else the CPU."
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _timed_steps(step, warmup: int, steps: int) -> float:
+    "Seconds per call of `step()` after `warmup` calls, the slowest rank's (GPU-synchronised)."
+    dev = _device()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    for _ in range(warmup): step()
+    sync(); dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps): step()
+    sync()
+    t = torch.tensor([(time.perf_counter() - t0) / steps], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
 def measure_collective(rank: int, world_size: int, sizes: list[int], op: CollectiveOp = "all_reduce", *,
                        dtype: torch.dtype = torch.float32, warmup: int = 3, iters: int = 10) -> list[dict]:
     """Worker (for `launch`): time `op` for each message size in bytes (size = the full buffer, as in nccl-tests);
     returns rows with the slowest rank's mean time per op, algbw and busbw. Uses the GPU for NCCL, the CPU for gloo."""
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    dev = _device()
     esize, rows = torch.tensor([], dtype=dtype).element_size(), []
     for nbytes in sizes:
         numel = max(world_size, nbytes // esize // world_size * world_size)
@@ -260,15 +280,7 @@ def measure_collective(rank: int, world_size: int, sizes: list[int], op: Collect
         elif op == "broadcast":
             buf = torch.ones(numel, dtype=dtype, device=dev); f = lambda: dist.broadcast(buf, src=0)
         else: raise ValueError(f"op must be one of all_reduce, all_gather, reduce_scatter, broadcast; got {op!r}")
-        for _ in range(warmup): f()
-        if dev.type == "cuda": torch.cuda.synchronize()
-        dist.barrier()
-        t0 = time.perf_counter()
-        for _ in range(iters): f()
-        if dev.type == "cuda": torch.cuda.synchronize()
-        t = torch.tensor([(time.perf_counter() - t0) / iters], dtype=torch.float64, device=dev)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        secs, nb = float(t), numel * esize
+        secs, nb = _timed_steps(f, warmup, iters), numel * esize
         algbw, busbw = bus_bandwidth(op, nb, secs, world_size)
         rows.append(dict(op=op, bytes=nb, seconds=secs, algbw=algbw, busbw=busbw))
     return rows
@@ -323,867 +335,18 @@ def activation_bytes_per_layer(seq_len: int, batch_size: int, d_model: int, num_
     if sequence_parallel: return sbh * (34 / t + attn)
     return sbh * (10 + 24 / t + attn)
 
-# %% ../../nbs/07_parallelism.ipynb #f672086a
-def broadcast_module_(module: nn.Module, src: int = 0) -> None:
-    "Copy rank `src`'s parameters and buffers to every rank, in place."
-    if world()[1] == 1: return
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()): dist.broadcast(t.data, src=src)
-
-
-def all_reduce_gradients(module: nn.Module) -> None:
-    """The naive baseline: after `backward()`, average every gradient with ONE flat all-reduce (no overlap with compute)."""
-    if world()[1] == 1: return
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads: return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    all_reduce_mean_(flat)
-    for g, f in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(f.view_as(g))
-
-
-class _Bucket:
-    def __init__(self, params: list[nn.Parameter]):
-        self.params, self.numels = params, [p.numel() for p in params]
-        self.ready, self.buffer, self.work = 0, None, None
-
-
-class DDP(nn.Module):
-    """Data parallelism that overlaps gradient communication with the backward pass.
-
-    At construction every rank receives rank 0's parameters and buffers. During `backward()` a hook on each parameter's
-    gradient accumulation (`register_post_accumulate_grad_hook`) starts an asynchronous all-reduce: per parameter when
-    `bucket_size_mb` is None, else per bucket of parameters (about `bucket_size_mb` MiB of gradients, filled in reverse
-    order of `parameters()`, which is roughly the order the gradients appear) as soon as the bucket's last gradient
-    arrives. `finish_gradient_synchronization()` waits for the communication and leaves each `.grad` averaged over
-    ranks; call it after `backward()` and before `optimizer.step()`. A parameter that gets no gradient keeps
-    `.grad = None` (all ranks must agree on which ones those are, as with an unused parameter). One `backward()` per
-    synchronisation: to accumulate gradients over several micro-batches, synchronise after the last one only by
-    using the unwrapped module for the others."""
-    def __init__(self, module: nn.Module, *, bucket_size_mb: float | None = None):
-        super().__init__()
-        if not isinstance(module, nn.Module): raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-        if bucket_size_mb is not None and not bucket_size_mb > 0:
-            raise ValueError(f"bucket_size_mb must be > 0 or None, got {bucket_size_mb!r}")
-        self.module, self.bucket_size_mb = module, bucket_size_mb
-        self.rank, self.world_size = world()
-        broadcast_module_(module)
-        self._params = [p for p in module.parameters() if p.requires_grad]
-        self._works: list = []
-        self._buckets: list[_Bucket] = []
-        self._next_bucket = 0
-        self._hooks: list = []
-        if self.world_size == 1: return
-        # The hooks reach `self` through a weak reference: a parameter's hooks live in C++, where the garbage collector
-        # cannot see a cycle param -> hook -> DDP -> module -> param, which would keep every wrapped model alive forever.
-        ref = weakref.ref(self)
-        def hook(p, _ref=ref, _name="_on_grad" if bucket_size_mb is None else "_on_grad_bucketed"):
-            s = _ref()
-            if s is not None: getattr(s, _name)(p)
-        if bucket_size_mb is None:
-            self._hooks = [p.register_post_accumulate_grad_hook(hook) for p in self._params]
-            return
-        cap, cur, cur_bytes = bucket_size_mb * 2**20, [], 0
-        for p in reversed(self._params):  # gradients become ready roughly in reverse order of definition
-            nb = p.numel() * p.element_size()
-            if cur and (cur_bytes + nb > cap or p.dtype != cur[0].dtype or p.device != cur[0].device):
-                self._buckets.append(_Bucket(cur)); cur, cur_bytes = [], 0
-            cur.append(p); cur_bytes += nb
-        if cur: self._buckets.append(_Bucket(cur))
-        self._bucket_of = {}
-        for i, b in enumerate(self._buckets):
-            for p in b.params: self._bucket_of[p] = i
-            b.buffer = torch.empty(sum(b.numels), dtype=b.params[0].dtype, device=b.params[0].device)
-        self._hooks = [p.register_post_accumulate_grad_hook(hook) for p in self._params]
-
-    def forward(self, *args, **kwargs): return self.module(*args, **kwargs)
-
-    def remove_hooks(self) -> None:
-        "Detach the gradient hooks from the module's parameters (the module can then be used or wrapped again)."
-        for h in self._hooks: h.remove()
-        self._hooks = []
-
-    @property
-    def buckets(self) -> list[list[str]]:
-        "The parameter names in each bucket, in launch order."
-        names = {p: n for n, p in self.module.named_parameters()}
-        return [[names[p] for p in b.params] for b in self._buckets]
-
-    def _on_grad(self, p: Tensor) -> None:
-        self._works.append(all_reduce_mean_(p.grad, async_op=True))
-
-    def _on_grad_bucketed(self, p: Tensor) -> None:
-        self._buckets[self._bucket_of[p]].ready += 1
-        self._launch_ready()
-
-    def _launch_ready(self, force: bool = False) -> None:
-        # Buckets are launched strictly in order, so every rank issues the same sequence of collectives.
-        while self._next_bucket < len(self._buckets):
-            b = self._buckets[self._next_bucket]
-            if not force and b.ready < len(b.params): return
-            grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, dtype=b.buffer.dtype, device=b.buffer.device)
-                     for p, n in zip(b.params, b.numels)]
-            torch.cat(grads, out=b.buffer)
-            b.work = all_reduce_mean_(b.buffer, async_op=True)
-            self._next_bucket += 1
-
-    def finish_gradient_synchronization(self) -> None:
-        "Wait for all gradient all-reduces of this step; afterwards every rank holds the averaged gradients."
-        if self.world_size == 1: return
-        if self._buckets:
-            self._launch_ready(force=True)  # buckets whose parameters got no gradient on this step
-            for b in self._buckets:
-                b.work.wait(); b.work = None; b.ready = 0
-                for p, g in zip(b.params, b.buffer.split(b.numels)):
-                    if p.grad is not None: p.grad.copy_(g.view_as(p.grad))
-            self._next_bucket = 0
-        for w in self._works: w.wait()
-        self._works.clear()
-
-# %% ../../nbs/07_parallelism.ipynb #e5353c49
-class ToyNet(nn.Module):
-    """A small test network with awkward parameters: sizes that do not divide by 2 or 4 (35, 7, 49, 21, 3), a frozen
-    layer (`requires_grad=False`), a parameter that never gets a gradient (`unused`), and blocks in a ModuleList
-    (so FSDP makes units of them)."""
-    def __init__(self, d_in: int = 5, d_hidden: int = 7, d_out: int = 3):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden)
-        self.blocks = nn.ModuleList([nn.Linear(d_hidden, d_hidden), nn.Linear(d_hidden, d_hidden, bias=False)])
-        self.fc2 = nn.Linear(d_hidden, d_out, bias=False)
-        self.frozen = nn.Linear(d_out, d_out)
-        self.frozen.requires_grad_(False)
-        self.scale = nn.Parameter(torch.ones(d_out))
-        self.unused = nn.Parameter(torch.randn(3, 2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.tanh(self.fc1(x))
-        for b in self.blocks: x = x + torch.tanh(b(x))
-        return self.frozen(self.fc2(x)) * self.scale
-
-
-ModelSpec = Any  # "toy" or a ModelConfig
-
-
-def build_model(spec: ModelSpec, device=None) -> nn.Module:
-    "`'toy'` -> `ToyNet()`, a `ModelConfig` -> `TransformerLM.from_config(spec)`."
-    if spec == "toy": return ToyNet().to(device)
-    if isinstance(spec, ModelConfig): return TransformerLM.from_config(spec, device=device)
-    raise ValueError(f"spec must be 'toy' or a ModelConfig, got {spec!r}")
-
-
-def make_batch(spec: ModelSpec, step: int, batch_size: int, seq_len: int = 16, seed: int = 0, device=None) -> tuple[Tensor, Tensor]:
-    "The global batch of `step`, the same on every rank: (inputs, targets)."
-    g = torch.Generator().manual_seed(10_000 * seed + step)
-    if spec == "toy":
-        x = torch.randn(batch_size, 5, generator=g); y = torch.randn(batch_size, 3, generator=g)
-    else:
-        ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len + 1), generator=g)
-        x, y = ids[:, :-1], ids[:, 1:]
-    return x.to(device), y.to(device)
-
-
-def loss_of(spec: ModelSpec, out: Tensor, y: Tensor) -> Tensor:
-    "MSE for the toy net, next-token cross-entropy for a language model."
-    if spec == "toy": return F.mse_loss(out, y)
-    return F.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
-Wrapper = Literal["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]
-
-
-def train_compare(rank: int, world_size: int, wrapper: Wrapper, spec: ModelSpec = "toy", *, steps: int = 3,
-                  batch_size: int = 8, seq_len: int = 16, seed: int = 0, lr: float = 1e-2,
-                  bucket_size_mb: float = 1e-4, compute_dtype: torch.dtype | None = None) -> dict:
-    """Worker: train `steps` AdamW steps with a parallel `wrapper` (each rank a slice of every global batch, each rank
-    initialised with a DIFFERENT seed so the broadcast from rank 0 is exercised) and the same steps in one process on the
-    full batch; returns the largest parameter difference, both loss curves, and the optimizer-state bytes on this rank."""
-    if batch_size % world_size: raise ValueError(f"batch_size={batch_size} must divide by world_size={world_size}")
-    torch.manual_seed(seed + rank)
-    model = build_model(spec)
-    opt_kw = dict(lr=lr, weight_decay=0.1)
-    if wrapper in ("ddp", "ddp_bucketed", "zero"):
-        m = DDP(model, bucket_size_mb=bucket_size_mb if wrapper != "ddp" else None)
-        opt = (ShardedOptimizer(m.parameters(), torch.optim.AdamW, **opt_kw) if wrapper == "zero"
-               else torch.optim.AdamW(m.parameters(), **opt_kw))
-    elif wrapper == "naive":
-        broadcast_module_(model); m = model; opt = torch.optim.AdamW(m.parameters(), **opt_kw)
-    elif wrapper == "fsdp":
-        m = FSDP(model, compute_dtype=compute_dtype); opt = torch.optim.AdamW(m.parameters(), **opt_kw)
-    else: raise ValueError(f"wrapper must be one of ddp, ddp_bucketed, naive, zero, fsdp; got {wrapper!r}")
-    b = batch_size // world_size
-    losses = []
-    for step in range(steps):
-        x, y = make_batch(spec, step, batch_size, seq_len, seed)
-        loss = loss_of(spec, m(x[rank * b:(rank + 1) * b]), y[rank * b:(rank + 1) * b])
-        loss.backward()
-        if wrapper == "naive": all_reduce_gradients(m)
-        else: m.finish_gradient_synchronization()
-        opt.step(); opt.zero_grad(set_to_none=True)
-        l = loss.detach().clone()
-        if world_size > 1: dist.all_reduce(l)
-        losses.append(float(l) / world_size)
-    state_bytes = optimizer_state_bytes(opt)
-    params = m.gather_full_params() if wrapper == "fsdp" else {n: p.detach() for n, p in model.named_parameters()}
-    # the reference: rank 0's initialisation, one process, full batches
-    torch.manual_seed(seed)
-    ref = build_model(spec)
-    ref_opt = torch.optim.AdamW(ref.parameters(), **opt_kw)
-    ref_losses = []
-    for step in range(steps):
-        x, y = make_batch(spec, step, batch_size, seq_len, seed)
-        loss = loss_of(spec, ref(x), y); loss.backward(); ref_opt.step(); ref_opt.zero_grad(set_to_none=True)
-        ref_losses.append(loss.item())
-    ref_params = dict(ref.named_parameters())
-    diffs = {n: (p - ref_params[n].detach()).abs().max().item() for n, p in params.items()}
-    return dict(max_diff=max(diffs.values()), diffs=diffs, losses=losses, ref_losses=ref_losses,
-                optimizer_state_bytes=state_bytes, ref_optimizer_state_bytes=optimizer_state_bytes(ref_opt),
-                names=sorted(params))
-
-
-def fail_on_rank(rank: int, world_size: int, bad_rank: int = 1) -> int:
-    "Worker for demonstrating error reports: rank `bad_rank` raises, the others wait in a barrier."
-    if rank == bad_rank: raise ValueError(f"rank {rank} was told to fail")
-    dist.barrier()
-    return rank
-
-
-def train_compare_many(rank: int, world_size: int, wrappers: list[str], spec: ModelSpec = "toy", **kwargs) -> dict[str, dict]:
-    "Worker: `train_compare` for several wrappers in one launch (process start-up is the slow part on a CPU)."
-    return {w: train_compare(rank, world_size, w, spec, **kwargs) for w in wrappers}
-
-# %% ../../nbs/07_parallelism.ipynb #baf2450b
-class ShardedOptimizer(torch.optim.Optimizer):
-    """ZeRO stage 1: optimizer-state sharding. Each parameter is owned by one rank (greedy: the rank with the fewest
-    elements so far), each rank keeps `optimizer_cls` state only for the parameters it owns, `step()` updates them and
-    broadcasts every parameter from its owner. With gradients already averaged (e.g. by `DDP`), the result equals the
-    unsharded optimizer's. Hyperparameter changes in `param_groups` (learning-rate schedules) are passed on each step.
-    The optimizer state lives in `local_optimizer` (checkpoint it per rank); `zero_grad` clears every parameter."""
-    def __init__(self, params, optimizer_cls: type[torch.optim.Optimizer], **kwargs: Any):
-        if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
-            raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer subclass, got {optimizer_cls!r}")
-        self.rank, self.world_size = world()
-        self.optimizer_cls, self.optimizer_kwargs = optimizer_cls, kwargs
-        self.owner: dict[nn.Parameter, int] = {}
-        self._load = [0] * self.world_size
-        self.local_optimizer: torch.optim.Optimizer | None = None
-        super().__init__(params, defaults=dict(kwargs))
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(param_group)
-        group, local = self.param_groups[-1], []
-        for p in group["params"]:
-            r = min(range(self.world_size), key=lambda i: self._load[i])
-            self.owner[p] = r; self._load[r] += p.numel()
-            if r == self.rank: local.append(p)
-        local_group = {**{k: v for k, v in group.items() if k != "params"}, "params": local}
-        if self.local_optimizer is None: self.local_optimizer = self.optimizer_cls([local_group], **self.optimizer_kwargs)
-        else: self.local_optimizer.add_param_group(local_group)
-
-    def step(self, closure=None, **kwargs):
-        for g, lg in zip(self.param_groups, self.local_optimizer.param_groups):
-            for k, v in g.items():
-                if k != "params": lg[k] = v
-        loss = self.local_optimizer.step(closure, **kwargs)
-        if self.world_size > 1:
-            with torch.no_grad():
-                works = [dist.broadcast(p.data, src=self.owner[p], async_op=True) for g in self.param_groups for p in g["params"]]
-                for w in works: w.wait()
-        return loss
-
-    def local_state_bytes(self) -> int:
-        "Bytes of optimizer state (tensors in `state`) held by this rank."
-        return sum(t.numel() * t.element_size() for s in self.local_optimizer.state.values() for t in s.values()
-                   if isinstance(t, torch.Tensor))
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    "Bytes of tensors in an optimizer's `state` (for a `ShardedOptimizer`, this rank's shard)."
-    if isinstance(optimizer, ShardedOptimizer): return optimizer.local_state_bytes()
-    return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor))
-
-# %% ../../nbs/07_parallelism.ipynb #d6799a49
-class _SavedRef:
-    "What the saved-tensor hook stores instead of a gathered parameter: which unit, and where in its buffer."
-    __slots__ = ("unit", "offset", "size", "stride")
-    def __init__(self, unit, offset, size, stride): self.unit, self.offset, self.size, self.stride = unit, offset, size, stride
-
-
-class _Unit:
-    """Parameters that are all-gathered together (one submodule, e.g. a Transformer block). Each parameter is flattened,
-    padded to a multiple of the world size and split into equal shards; the unit's all-gather concatenates this rank's
-    shards of all its parameters, and the gathered `(world, shard)` layout is copied out into one buffer holding every
-    full parameter."""
-    def __init__(self, index: int, module: nn.Module, names: list[str], params: list[nn.Parameter],
-                 places: list[list[tuple[nn.Module, str]]], fsdp: "FSDP"):
-        self.index, self.module, self.names, self.fsdp = index, module, names, fsdp
-        self.places, self.shapes = places, [p.shape for p in params]
-        ws, r = fsdp.world_size, fsdp.rank
-        self.numels = [p.numel() for p in params]
-        self.padded = [math.ceil(n / ws) * ws for n in self.numels]
-        self.shard_sizes = [n // ws for n in self.padded]
-        self.offsets = [0]
-        for n in self.padded[:-1]: self.offsets.append(self.offsets[-1] + n)
-        self.shards = []
-        for p, n, pad, s in zip(params, self.numels, self.padded, self.shard_sizes):
-            flat = torch.zeros(pad, dtype=p.dtype, device=p.device)
-            flat[:n] = p.detach().reshape(-1)
-            self.shards.append(nn.Parameter(flat[r * s:(r + 1) * s].clone()))
-        self.buffer: Tensor | None = None      # the gathered full parameters (compute dtype), or None when resharded
-        self.work, self._staged = None, None   # an in-flight all-gather and its buffers
-        self.pending = None                    # (work, reduced-grad buffer, which params had grads)
-
-    @property
-    def dtype(self) -> torch.dtype: return self.fsdp.compute_dtype or self.shards[0].dtype
-
-    def gather(self, async_op: bool = False) -> None:
-        "Start (or do) the all-gather of this unit's parameters into `self.buffer`."
-        ws, dev = self.fsdp.world_size, self.shards[0].device
-        local = torch.cat([s.detach().reshape(-1).to(self.dtype) for s in self.shards])
-        buf = torch.empty(sum(self.padded), dtype=self.dtype, device=dev)
-        if ws == 1:
-            buf.copy_(local); self.buffer = buf; return
-        out = torch.empty(ws * local.numel(), dtype=self.dtype, device=dev)
-        work = all_gather_flat(out, local, async_op=True)
-        self.work, self._staged = work, (out, local, buf)
-        if not async_op: self.wait()
-
-    def wait(self) -> Tensor:
-        "Finish an in-flight gather: rank-major `(world, shard)` blocks become contiguous full parameters."
-        if self.work is not None:
-            self.work.wait(); self.work = None
-            out, _, buf = self._staged; self._staged = None
-            ws = self.fsdp.world_size
-            dst = [buf[o:o + pad].view(ws, s) for o, pad, s in zip(self.offsets, self.padded, self.shard_sizes)]
-            torch.split_with_sizes_copy(out.view(ws, -1), self.shard_sizes, dim=1, out=dst)
-            self.buffer = buf
-        if self.buffer is None: self.gather()
-        return self.buffer
-
-    def views(self, buf: Tensor) -> list[Tensor]:
-        return [buf[o:o + n].view(shape) for o, n, shape in zip(self.offsets, self.numels, self.shapes)]
-
-    def reshard(self) -> None:
-        self.buffer = None
-        for places in self.places:
-            for mod, attr in places: setattr(mod, attr, None)
-
-    def reduce_scatter(self, grads: tuple[Tensor | None, ...]) -> None:
-        "Start the asynchronous reduce-scatter of this unit's full-parameter gradients into shard gradients."
-        ws, rdt = self.fsdp.world_size, self.fsdp.reduce_dtype or self.shards[0].dtype
-        dev = self.shards[0].device
-        had = [g is not None for g in grads]
-        blocks = []
-        for g, n, pad, s in zip(grads, self.numels, self.padded, self.shard_sizes):
-            flat = torch.zeros(pad, dtype=rdt, device=dev)
-            if g is not None: flat[:n] = g.reshape(-1)
-            blocks.append(flat.view(ws, s))
-        inp = torch.cat(blocks, dim=1).reshape(-1)  # rank-major: row r holds every parameter's shard r
-        if ws == 1:
-            self.pending = (None, inp, had); return
-        out = torch.empty(inp.numel() // ws, dtype=rdt, device=dev)
-        op = avg_op()
-        if op is None: inp.div_(ws); op = dist.ReduceOp.SUM
-        self.pending = (reduce_scatter_flat(out, inp, op=op, async_op=True), out, had, inp)
-
-    def finish(self) -> None:
-        if self.pending is None: return
-        work, out, had = self.pending[:3]
-        if work is not None: work.wait()
-        for shard, g, h in zip(self.shards, out.split(self.shard_sizes), had):
-            if not h: continue
-            g = g.to(shard.dtype)
-            shard.grad = g.clone() if shard.grad is None else shard.grad + g
-        self.pending = None
-
-# %% ../../nbs/07_parallelism.ipynb #017838ab
-class _GatherParams(torch.autograd.Function):
-    "Forward: the gathered full parameters (as views of the unit's buffer). Backward: reduce-scatter their gradients."
-    @staticmethod
-    def forward(ctx, unit: _Unit, *shards: Tensor):
-        ctx.unit = unit
-        ctx.set_materialize_grads(False)  # a parameter that gets no gradient arrives as None and keeps grad None
-        return tuple(unit.views(unit.wait()))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        unit = ctx.unit
-        unit.reduce_scatter(grads)
-        if unit is not unit.fsdp._root: unit.reshard()
-        return (None,) + (None,) * len(grads)
-
-# %% ../../nbs/07_parallelism.ipynb #187c3c86
-class FSDP(nn.Module):
-    """Fully sharded data parallelism (ZeRO stage 3), in the style of FSDP2.
-
-    Every trainable parameter is flattened, padded to a multiple of the world size and sharded: rank r keeps shard r as
-    an `nn.Parameter` (the fp32 master weights; give `FSDP(...).parameters()` to any optimizer). Parameters are grouped
-    in units (by default each module held in an `nn.ModuleList`, e.g. each Transformer block, plus a root unit for the
-    rest); a unit is all-gathered (in `compute_dtype` if given) just before its forward, the next unit's all-gather is
-    prefetched, and non-root units free their full parameters after forward (`reshard_after_forward`) and gather them
-    again when backward needs them (through saved-tensor hooks). Backward reduce-scatters each unit's gradients
-    asynchronously (averaged, in `reduce_dtype`, default the master dtype); `finish_gradient_synchronization()` waits and
-    sets the shard gradients. Frozen parameters (`requires_grad=False`) stay replicated and untouched."""
-    def __init__(self, module: nn.Module, compute_dtype: torch.dtype | None = None, *, reduce_dtype: torch.dtype | None = None,
-                 unit_modules: list[nn.Module] | None = None, reshard_after_forward: bool = True, prefetch: bool = True):
-        super().__init__()
-        if not isinstance(module, nn.Module): raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-        for n, dt in dict(compute_dtype=compute_dtype, reduce_dtype=reduce_dtype).items():
-            if dt is not None and not (isinstance(dt, torch.dtype) and dt.is_floating_point):
-                raise TypeError(f"{n} must be a floating torch.dtype or None, got {dt!r}")
-        self.module, self.compute_dtype, self.reduce_dtype = module, compute_dtype, reduce_dtype
-        self.reshard_after_forward, self.prefetch = reshard_after_forward, prefetch
-        self.rank, self.world_size = world()
-        if self.world_size > 1:
-            with torch.no_grad():
-                for t in list(module.parameters()) + list(module.buffers()): dist.broadcast(t.data, src=0)
-        if unit_modules is None:
-            unit_modules = [m for ml in module.modules() if isinstance(ml, nn.ModuleList) for m in ml]
-        # where each trainable parameter lives (a tied parameter lives in several places) and its first name
-        places: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
-        names: dict[nn.Parameter, str] = {}
-        for mname, mod in module.named_modules(remove_duplicate=False):
-            for pname, p in list(mod._parameters.items()):
-                if p is None or not p.requires_grad: continue
-                places.setdefault(p, []).append((mod, pname))
-                names.setdefault(p, f"{mname}.{pname}" if mname else pname)
-        owner: dict[nn.Parameter, int] = {}
-        for i, um in enumerate(unit_modules):
-            for p in um.parameters():
-                if p in places: owner.setdefault(p, i)
-        groups: list[list[nn.Parameter]] = [[] for _ in unit_modules] + [[]]
-        for p in places: groups[owner.get(p, len(unit_modules))].append(p)
-        self._units: list[_Unit] = []
-        self._root = None
-        for i, (um, ps) in enumerate(zip(list(unit_modules) + [module], groups)):
-            if not ps: continue
-            u = _Unit(len(self._units), um, [names[p] for p in ps], ps, [places[p] for p in ps], self)
-            self._units.append(u)
-            if um is module: self._root = u
-        for p, pl in places.items():
-            for mod, attr in pl:
-                if attr in mod._parameters: del mod._parameters[attr]
-                setattr(mod, attr, None)
-        self.shards = nn.ParameterList([s for u in self._units for s in u.shards])
-        self._ptr2unit: dict[int, _Unit] = {}
-        for u in self._units:
-            if u is not self._root: u.module.register_forward_pre_hook(self._make_pre_hook(u))
-            if u is not self._root: u.module.register_forward_hook(self._make_post_hook(u))
-
-    @property
-    def units(self) -> list[list[str]]:
-        "The parameter names of each all-gather unit, in order (root unit last)."
-        return [u.names for u in self._units]
-
-    def _materialize(self, u: _Unit) -> None:
-        buf = u.wait()
-        if torch.is_grad_enabled(): views = _GatherParams.apply(u, *u.shards)
-        else: views = u.views(buf)
-        for v, places in zip(views, u.places):
-            for mod, attr in places: setattr(mod, attr, v)
-        self._ptr2unit[buf.untyped_storage().data_ptr()] = u
-
-    def _prefetch_after(self, u: _Unit, step: int) -> None:
-        if not self.prefetch: return
-        j = u.index + step
-        while 0 <= j < len(self._units) and self._units[j] is self._root: j += step
-        if 0 <= j < len(self._units):
-            nxt = self._units[j]
-            if nxt.buffer is None and nxt.work is None: nxt.gather(async_op=True)
-
-    def _make_pre_hook(self, u: _Unit):
-        def hook(module, args):
-            self._materialize(u)
-            self._prefetch_after(u, +1)
-        return hook
-
-    def _make_post_hook(self, u: _Unit):
-        def hook(module, args, output):
-            if self.reshard_after_forward or not torch.is_grad_enabled():
-                self._ptr2unit.pop(u.buffer.untyped_storage().data_ptr(), None)
-                u.reshard()
-        return hook
-
-    def _pack(self, t: Tensor):
-        u = self._ptr2unit.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
-        if u is None or u.buffer is None or t.dtype != u.buffer.dtype: return t
-        return _SavedRef(u, t.storage_offset(), tuple(t.shape), t.stride())
-
-    def _unpack(self, ref):
-        if not isinstance(ref, _SavedRef): return ref
-        u = ref.unit
-        if u.buffer is None:  # resharded after forward: gather again for backward, prefetch the one before it
-            u.wait()
-            self._prefetch_after(u, -1)
-        return u.buffer.as_strided(ref.size, ref.stride, ref.offset)
-
-    def forward(self, *args, **kwargs):
-        self._ptr2unit.clear()
-        if self._root is not None:
-            self._root.gather(async_op=True)
-        first = next((u for u in self._units if u is not self._root), None)
-        if first is not None and self.prefetch and first.buffer is None and first.work is None: first.gather(async_op=True)
-        if self._root is not None: self._materialize(self._root)
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
-            out = self.module(*args, **kwargs)
-        if not torch.is_grad_enabled() and self._root is not None: self._root.reshard()
-        return out
-
-    def finish_gradient_synchronization(self) -> None:
-        "Wait for this step's reduce-scatters and set each shard's `.grad` (the average over ranks)."
-        for u in self._units: u.finish()
-        for u in self._units:
-            if u.buffer is not None or u.work is not None:
-                if u.work is not None: u.wait()
-                u.reshard()
-
-    @torch.no_grad()
-    def gather_full_params(self) -> dict[str, Tensor]:
-        "All-gather the fp32 master weights: `{name: full tensor}` for every sharded parameter (a collective: call on all ranks)."
-        out = {}
-        for u in self._units:
-            local = torch.cat([s.detach().reshape(-1) for s in u.shards])
-            ws = self.world_size
-            full = torch.empty(ws * local.numel(), dtype=local.dtype, device=local.device)
-            if ws > 1: all_gather_flat(full, local)
-            else: full.copy_(local)
-            for name, part, n, shape in zip(u.names, full.view(ws, -1).split(u.shard_sizes, dim=1), u.numels, u.shapes):
-                out[name] = part.reshape(-1)[:n].view(shape).clone()
-        return out
-
-    def sharded_bytes(self) -> int:
-        "Bytes of this rank's parameter shards."
-        return sum(s.numel() * s.element_size() for s in self.shards)
-
-# %% ../../nbs/07_parallelism.ipynb #1379cb1b
-class _CopyToTP(torch.autograd.Function):
-    "Megatron's f: identity forward, all-reduce of the gradient backward (before a column-parallel layer)."
-    @staticmethod
-    def forward(ctx, x): return x
-    @staticmethod
-    def backward(ctx, g):
-        if world()[1] > 1: g = g.contiguous(); dist.all_reduce(g)
-        return g
-
-
-class _ReduceFromTP(torch.autograd.Function):
-    "Megatron's g: all-reduce forward, identity backward (after a row-parallel layer)."
-    @staticmethod
-    def forward(ctx, x):
-        x = x.contiguous().clone()
-        if world()[1] > 1: dist.all_reduce(x)
-        return x
-    @staticmethod
-    def backward(ctx, g): return g
-
-
-def copy_to_tensor_parallel(x: Tensor) -> Tensor: return _CopyToTP.apply(x)
-def reduce_from_tensor_parallel(x: Tensor) -> Tensor: return _ReduceFromTP.apply(x)
-
-
-def _split(w: Tensor, dim: int, rank: int, world_size: int, what: str) -> Tensor:
-    if w.shape[dim] % world_size:
-        raise ValueError(f"{what}: dimension {dim} of size {w.shape[dim]} does not divide by the tensor-parallel size {world_size}")
-    return w.detach().chunk(world_size, dim=dim)[rank].clone()
-
-
-class TensorParallelSwiGLU(nn.Module):
-    """The SwiGLU FFN split Megatron-style over the ranks (Shoeybi et al., arXiv 1909.08053): `w1`, `w3` column-parallel
-    (rank r keeps rows r of the d_ff outputs), `w2` row-parallel (the matching d_ff columns), so the hidden activation
-    never leaves its rank; one all-reduce in forward (after `w2`) and one in backward (before `w1`/`w3`)."""
-    def __init__(self, w1: Tensor, w2: Tensor, w3: Tensor):
-        super().__init__()
-        self.w1, self.w2, self.w3 = nn.Parameter(w1), nn.Parameter(w2), nn.Parameter(w3)
-
-    @classmethod
-    def from_swiglu(cls, ffn: nn.Module, rank: int | None = None, world_size: int | None = None) -> "TensorParallelSwiGLU":
-        "This rank's shard of a full `SwiGLU` (weights `w1.weight` (d_ff, d), `w2.weight` (d, d_ff), `w3.weight` (d_ff, d))."
-        r, ws = world()
-        rank, world_size = r if rank is None else rank, ws if world_size is None else world_size
-        return cls(_split(ffn.w1.weight, 0, rank, world_size, "w1"), _split(ffn.w2.weight, 1, rank, world_size, "w2"),
-                   _split(ffn.w3.weight, 0, rank, world_size, "w3"))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = copy_to_tensor_parallel(x)
-        h = F.silu(x @ self.w1.mT) * (x @ self.w3.mT)
-        return reduce_from_tensor_parallel(h @ self.w2.mT)
-
-
-def tensor_parallelize_mlps_(model: nn.Module) -> nn.Module:
-    "Replace, in place, every SwiGLU FFN (a module with `w1`, `w2`, `w3` sub-layers) by this rank's `TensorParallelSwiGLU`."
-    for mod in list(model.modules()):
-        for name, child in list(mod.named_children()):
-            if all(hasattr(child, w) and hasattr(getattr(child, w), "weight") for w in ("w1", "w2", "w3")):
-                setattr(mod, name, TensorParallelSwiGLU.from_swiglu(child))
-    return model
-
-# %% ../../nbs/07_parallelism.ipynb #388a62f4
-def tensor_parallel_check(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int = 2, seq_len: int = 16, seed: int = 0) -> dict:
-    """Worker: the model with Megatron-split MLPs against the same model on one device: largest differences of logits,
-    loss and gradients (gradients of split weights compared with the matching slice of the full gradient)."""
-    torch.manual_seed(seed)
-    ref = build_model(cfg)
-    tp = tensor_parallelize_mlps_(copy.deepcopy(ref))
-    x, y = make_batch(cfg, 0, batch_size, seq_len, seed)
-    out_ref, out_tp = ref(x), tp(x)
-    loss_ref, loss_tp = loss_of(cfg, out_ref, y), loss_of(cfg, out_tp, y)
-    loss_ref.backward(); loss_tp.backward()
-    g_ref = {n: p.grad for n, p in ref.named_parameters()}
-    grad_diff = 0.0
-    for n, p in tp.named_parameters():
-        full = g_ref[n + ".weight"] if n.endswith((".w1", ".w2", ".w3")) else g_ref[n]
-        if n.endswith((".w1", ".w3")): full = full.chunk(world_size, 0)[rank]
-        if n.endswith(".w2"): full = full.chunk(world_size, 1)[rank]
-        grad_diff = max(grad_diff, float((p.grad - full).abs().max()))
-    mlp_params = sum(p.numel() for n, p in tp.named_parameters() if n.endswith((".w1", ".w2", ".w3")))
-    return dict(logits_diff=(out_ref - out_tp).abs().max().item(), loss_diff=abs((loss_ref - loss_tp).item()),
-                grad_diff=grad_diff, mlp_params_this_rank=mlp_params,
-                mlp_params_full=sum(p.numel() for n, p in ref.named_parameters() if ".ffn." in n))
-
-# %% ../../nbs/07_parallelism.ipynb #76186199
-Schedule = Literal["gpipe", "1f1b"]
-
-
-def pipeline_schedule(num_stages: int, num_microbatches: int, kind: Schedule = "1f1b") -> list[list[tuple[str, int]]]:
-    """Per stage, the order of its work: ('F', i) forward of micro-batch i, ('B', i) backward. GPipe: all forwards,
-    then all backwards. 1F1B (PipeDream-flush, Narayanan et al. arXiv 2104.04473): stage s runs `p-s-1` warm-up
-    forwards, then alternates one forward and one backward, so at most `p-s` micro-batches are in flight."""
-    for n, v in dict(num_stages=num_stages, num_microbatches=num_microbatches).items():
-        if not isinstance(v, int) or v < 1: raise ValueError(f"{n} must be an int >= 1, got {v!r}")
-    if kind not in ("gpipe", "1f1b"): raise ValueError(f"kind must be 'gpipe' or '1f1b', got {kind!r}")
-    p, m, out = num_stages, num_microbatches, []
-    for s in range(p):
-        if kind == "gpipe":
-            out.append([("F", i) for i in range(m)] + [("B", i) for i in range(m)]); continue
-        w = min(p - s - 1, m)
-        ops = [("F", i) for i in range(w)]
-        for i in range(m - w): ops += [("F", w + i), ("B", i)]
-        ops += [("B", i) for i in range(m - w, m)]
-        out.append(ops)
-    return out
-
-
-def simulate_schedule(schedule: list[list[tuple[str, int]]], forward_time: float = 1.0, backward_time: float = 2.0) -> dict:
-    """Run a schedule on an idealised clock (every forward takes `forward_time`, every backward `backward_time`,
-    communication free): returns `events` (stage, op, micro-batch, start, end), `makespan`, the measured `bubble`
-    fraction (idle stage-time / total stage-time) and each stage's peak number of micro-batches in flight."""
-    p = len(schedule)
-    done: dict[tuple[str, int, int], float] = {}
-    pos, clock, events = [0] * p, [0.0] * p, []
-    inflight, peak = [0] * p, [0] * p
-    while any(pos[s] < len(schedule[s]) for s in range(p)):
-        progressed = False
-        for s in range(p):
-            if pos[s] >= len(schedule[s]): continue
-            op, i = schedule[s][pos[s]]
-            dep = ("F", s - 1, i) if op == "F" and s > 0 else ("B", s + 1, i) if op == "B" and s < p - 1 else ("F", s, i) if op == "B" else None
-            if dep is not None and dep not in done: continue
-            start = max(clock[s], done.get(dep, 0.0))
-            end = start + (forward_time if op == "F" else backward_time)
-            done[(op, s, i)], clock[s] = end, end
-            events.append((s, op, i, start, end)); pos[s] += 1; progressed = True
-            inflight[s] += 1 if op == "F" else -1; peak[s] = max(peak[s], inflight[s])
-        if not progressed: raise RuntimeError("schedule deadlocks")
-    makespan = max(clock)
-    busy = sum(e[4] - e[3] for e in events)
-    return dict(events=events, makespan=makespan, bubble=1 - busy / (p * makespan), peak_in_flight=peak)
-
-
-class PipelineStage(nn.Module):
-    """Stage `stage` of `num_stages` of a `TransformerLM`: its share of the layers (split as evenly as possible), plus the
-    token embedding on the first stage and the final norm and LM head on the last. Shares the model's parameters."""
-    def __init__(self, model: nn.Module, stage: int, num_stages: int):
-        super().__init__()
-        L = len(model.layers)
-        if not (isinstance(num_stages, int) and 1 <= num_stages <= L):
-            raise ValueError(f"num_stages must be an int in [1, num_layers={L}], got {num_stages!r}")
-        if not (isinstance(stage, int) and 0 <= stage < num_stages): raise ValueError(f"stage must be in [0, {num_stages}), got {stage!r}")
-        bounds = [round(i * L / num_stages) for i in range(num_stages + 1)]
-        self.stage, self.num_stages = stage, num_stages
-        self.first, self.last = stage == 0, stage == num_stages - 1
-        self.embed = model.token_embeddings if self.first else None
-        self.layers = nn.ModuleList(model.layers[bounds[stage]:bounds[stage + 1]])
-        self.norm = model.ln_final if self.last else None
-        self.head = model.lm_head if self.last else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.first: x = self.embed(x)
-        for layer in self.layers: x = layer(x)
-        if self.last: x = self.head(self.norm(x))
-        return x
-
-
-def run_pipeline(stage: nn.Module, microbatches: list[Tensor] | None, targets: list[Tensor] | None,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor], act_shape: tuple[int, ...], *, num_microbatches: int,
-                 kind: Schedule = "1f1b", act_dtype: torch.dtype = torch.float32) -> tuple[Tensor | None, list[tuple]]:
-    """Execute one training step of a pipeline across the ranks (rank = stage). The first stage needs the input
-    `microbatches`, the last the `targets`; activations of shape `act_shape` travel with point-to-point send/recv.
-    Gradients accumulate in the stage's parameters (loss averaged over micro-batches). Returns the mean loss on the
-    last stage (None elsewhere) and this stage's timeline [(op, micro-batch, start, end)] in seconds."""
-    rank, ws = world()
-    dev = next(stage.parameters()).device
-    sched = pipeline_schedule(ws, num_microbatches, kind)[rank]
-    inputs, outputs, sends, timeline, total = {}, {}, [], [], None
-    t0 = time.perf_counter()
-    for op, i in sched:
-        start = time.perf_counter() - t0
-        if op == "F":
-            if rank == 0: x = microbatches[i]
-            else:
-                x = torch.empty(act_shape, dtype=act_dtype, device=dev); dist.recv(x, src=rank - 1); x.requires_grad_()
-            y = stage(x)
-            if rank == ws - 1:
-                y = loss_fn(y, targets[i]) / num_microbatches
-                total = y.detach() if total is None else total + y.detach()
-            else:
-                s = y.detach().contiguous(); sends.append((dist.isend(s, dst=rank + 1), s))
-            inputs[i], outputs[i] = x, y
-        else:
-            y = outputs.pop(i)
-            if rank == ws - 1: y.backward()
-            else:
-                g = torch.empty_like(y); dist.recv(g, src=rank + 1); y.backward(g)
-            x = inputs.pop(i)
-            if rank > 0:
-                g = x.grad.contiguous(); sends.append((dist.isend(g, dst=rank - 1), g))
-        timeline.append((op, i, start, time.perf_counter() - t0))
-    for w, _ in sends: w.wait()
-    return total, timeline
-
-# %% ../../nbs/07_parallelism.ipynb #286e67db
-def pipeline_check(rank: int, world_size: int, cfg: ModelConfig, *, num_microbatches: int = 4, kind: str = "1f1b",
-                   batch_size: int = 8, seq_len: int = 16, seed: int = 0) -> dict:
-    """Worker: one pipeline-parallel step (rank = stage) against the whole model on one device: the loss and the
-    gradients of this stage's parameters; also this stage's timeline of forward/backward micro-batches."""
-    if batch_size % num_microbatches: raise ValueError("batch_size must divide by num_microbatches")
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    ref = copy.deepcopy(model)
-    x, y = make_batch(cfg, 0, batch_size, seq_len, seed)
-    ref_loss = loss_of(cfg, ref(x), y); ref_loss.backward()
-    stage = PipelineStage(model, rank, world_size)
-    mb = batch_size // num_microbatches
-    loss, timeline = run_pipeline(stage, list(x.split(mb)), list(y.split(mb)), lambda o, t: loss_of(cfg, o, t),
-                                  (mb, seq_len, cfg.d_model), num_microbatches=num_microbatches, kind=kind)
-    ref_grads = dict(ref.named_parameters())
-    names = {id(p): n for n, p in model.named_parameters()}
-    grad_diff = max(float((p.grad - ref_grads[names[id(p)]].grad).abs().max()) for p in stage.parameters())
-    return dict(loss=None if loss is None else loss.item(), ref_loss=ref_loss.item(), grad_diff=grad_diff,
-                stage_params=sum(p.numel() for p in stage.parameters()), timeline=timeline)
-
-# %% ../../nbs/07_parallelism.ipynb #e5a1c9eb
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def _timed_steps(step, warmup: int, steps: int) -> float:
-    "Seconds per call of `step()` after `warmup` calls, the slowest rank's (GPU-synchronised)."
-    dev = _device()
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(warmup): step()
-    sync(); dist.barrier()
-    t0 = time.perf_counter()
-    for _ in range(steps): step()
-    sync()
-    t = torch.tensor([(time.perf_counter() - t0) / steps], dtype=torch.float64, device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
-
-
-def _peak_bytes() -> int:
-    return torch.cuda.max_memory_allocated() if _device().type == "cuda" else 0
-
-
-def _allocated_bytes() -> int:
-    "GPU bytes held by live tensors now (between steps: parameters, optimizer state, communication buffers)."
-    if _device().type != "cuda": return 0
-    torch.cuda.synchronize(); return torch.cuda.memory_allocated()
-
-
-def _reset_peak() -> None:
-    import gc
-    gc.collect()  # wrappers' hooks make reference cycles: free the previous model before measuring the next
-    if _device().type == "cuda": torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
-
-
-def bench_data_parallel(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int = 8, seq_len: int = 512,
-                        warmup: int = 3, steps: int = 10, bucket_size_mb: float = 25.0,
-                        modes: tuple[str, ...] = ("torch_ddp", "ddp_bucketed", "zero", "ddp", "naive")) -> list[dict]:
-    """Worker: training-step time of `cfg` (`batch_size` sequences per rank; on GPUs bf16 autocast with fp32 master
-    weights and fused AdamW) under torch's DistributedDataParallel, our `DDP` bucketed and per-parameter, the naive
-    after-backward all-reduce, and `DDP` (bucketed) + `ShardedOptimizer`; with peak memory (GPU) and optimizer-state
-    bytes per rank."""
-    dev = _device(); cuda = dev.type == "cuda"
-    rows = []
-    for mode in modes:
-        torch.manual_seed(0); _reset_peak()
-        model = build_model(cfg, device=dev)
-        if mode == "torch_ddp":
-            m = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, bucket_cap_mb=bucket_size_mb)
-        elif mode in ("ddp_bucketed", "zero"): m = DDP(model, bucket_size_mb=bucket_size_mb)
-        elif mode == "ddp": m = DDP(model)
-        elif mode == "naive": broadcast_module_(model); m = model
-        else: raise ValueError(f"unknown mode {mode!r}")
-        kw = dict(lr=1e-4, fused=True) if cuda else dict(lr=1e-4)
-        opt = (ShardedOptimizer(m.parameters(), torch.optim.AdamW, **kw) if mode == "zero"
-               else torch.optim.AdamW(m.parameters(), **kw))
-        x, y = make_batch(cfg, rank, batch_size, seq_len, seed=1, device=dev)
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                loss = loss_of(cfg, m(x), y)
-            loss.backward()
-            if mode == "naive": all_reduce_gradients(m)
-            elif mode != "torch_ddp": m.finish_gradient_synchronization()
-            opt.step(); opt.zero_grad(set_to_none=True)
-        secs = _timed_steps(step, warmup, steps)
-        rows.append(dict(mode=mode, step_s=secs, tokens_per_s=world_size * batch_size * seq_len / secs,
-                         peak_bytes=_peak_bytes(), between_steps_bytes=_allocated_bytes(),
-                         optimizer_state_bytes=optimizer_state_bytes(opt),
-                         params=sum(p.numel() for p in model.parameters())))
-        del m, model, opt, x, y
-    return rows
-
-
-def bench_fsdp(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int = 8, seq_len: int = 512, warmup: int = 3,
-               steps: int = 10, modes: tuple[str, ...] = ("fsdp2", "fsdp")) -> list[dict]:
-    """Worker: step time and peak memory per GPU of our `FSDP` (one unit per Transformer block; on GPUs bf16 compute
-    with fp32 master weights and fp32 gradient reduction) against FSDP2 `fully_shard` with the same policy."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    dev = _device(); cuda = dev.type == "cuda"
-    cdt = torch.bfloat16 if cuda else None
-    rows = []
-    for mode in modes:
-        torch.manual_seed(0); _reset_peak()
-        model = build_model(cfg, device=dev)
-        n_params = sum(p.numel() for p in model.parameters())
-        if mode == "fsdp2":
-            mp_policy = MixedPrecisionPolicy(param_dtype=cdt, reduce_dtype=torch.float32)
-            from torch.distributed.device_mesh import init_device_mesh
-            mesh = init_device_mesh(dev.type, (world_size,))  # explicit: on a GPU machine FSDP2 would pick CUDA for gloo too
-            for layer in model.layers: fully_shard(layer, mesh=mesh, mp_policy=mp_policy)
-            m = fully_shard(model, mesh=mesh, mp_policy=mp_policy)
-        elif mode == "fsdp": m = FSDP(model, compute_dtype=cdt)
-        else: raise ValueError(f"unknown mode {mode!r}")
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        x, y = make_batch(cfg, rank, batch_size, seq_len, seed=1, device=dev)
-
-        def step():
-            loss = loss_of(cfg, m(x), y)
-            loss.backward()
-            if mode == "fsdp": m.finish_gradient_synchronization()
-            opt.step(); opt.zero_grad(set_to_none=True)
-        secs = _timed_steps(step, warmup, steps)
-        rows.append(dict(mode=mode, step_s=secs, tokens_per_s=world_size * batch_size * seq_len / secs,
-                         peak_bytes=_peak_bytes(), between_steps_bytes=_allocated_bytes(), params=n_params))
-        del m, model, opt, x, y
-    return rows
-
-
-def bench_all(rank: int, world_size: int, cfg: ModelConfig, *, sizes: list[int], batch_size: int, seq_len: int,
-              warmup: int = 3, steps: int = 10) -> dict:
-    "Worker: every Lecture-7 measurement in one process group (collective bandwidths, data parallel, FSDP)."
-    from cs336_nb.core import describe_device
-    out = dict(device=describe_device(_device()), world_size=world_size, backend=dist.get_backend())
-    for op in ("all_reduce", "all_gather", "reduce_scatter"): out[op] = measure_collective(rank, world_size, sizes, op)
-    out["data_parallel"] = bench_data_parallel(rank, world_size, cfg, batch_size=batch_size, seq_len=seq_len, warmup=warmup, steps=steps)
-    out["fsdp"] = bench_fsdp(rank, world_size, cfg, batch_size=batch_size, seq_len=seq_len, warmup=warmup, steps=steps)
-    return out
+# %% ../../nbs/07_parallelism.ipynb #ddea9319
+from .fsdp import *
+from .data_parallel import *
+from .tensor_pipeline import *
+from .bench import *
+
+_all_ = [  # nbdev adds these to `__all__`: `from cs336_nb.parallel import *` gets the parts' names too
+    'FSDP',
+    'broadcast_module_', 'all_reduce_gradients', 'DDP', 'ToyNet', 'ModelSpec', 'build_model', 'make_batch',
+    'loss_of', 'Wrapper', 'train_compare', 'train_compare_many', 'ShardedOptimizer', 'optimizer_state_bytes',
+    'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU',
+    'tensor_parallelize_mlps_', 'tensor_parallel_check', 'Schedule', 'pipeline_schedule', 'simulate_schedule',
+    'PipelineStage', 'run_pipeline', 'pipeline_check',
+    'bench_data_parallel', 'bench_fsdp', 'bench_all',
+]
