@@ -39,12 +39,13 @@ def lecture_notebooks(root: str | Path | None = None) -> list[Path]:
     return sorted(p for p in nbs.glob("[0-9][0-9]*.ipynb") if not p.name.startswith("."))
 
 def select_notebooks(only: list[str] | None, root: str | Path | None = None) -> list[Path]:
-    "The lectures named in `only` (a stem like '06_kernels', its number '06', or its topic 'kernels'); all if None."
+    "The lectures named in `only` (a stem like '06_kernels', its number '06' (with its parts 06a, 06b, ...), a part's number '06a', or a topic 'kernels'); all if None."
     nbs = lecture_notebooks(root)
     if not only: return nbs
     out = []
     for name in only:
-        hits = [p for p in nbs if name in (p.stem, p.name, p.stem.split("_", 1)[0], p.stem.split("_", 1)[-1])]
+        hits = [p for p in nbs if name in (p.stem, p.name, p.stem.split("_", 1)[0], p.stem.split("_", 1)[-1])
+                or (name.isdigit() and p.stem.split("_", 1)[0].rstrip("abcdefghijklmnopqrstuvwxyz") == name)]
         if not hits:
             raise ValueError(f"--only {name!r} matches no lecture; choose from: {', '.join(p.stem for p in nbs)}")
         out += [h for h in hits if h not in out]
