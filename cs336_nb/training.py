@@ -8,6 +8,7 @@ Docs: https://cs336-nb.github.io/cs336-nb/training.html.md"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
@@ -31,8 +32,8 @@ from tqdm import tqdm
 # %% auto #0
 __all__ = ['cross_entropy', 'get_lr_cosine_schedule', 'gradient_clipping', 'tokenize_to_memmap', 'get_batch', 'save_checkpoint',
            'load_checkpoint', 'bits_per_byte', 'TokenizedCorpus', 'split_text', 'prepare_corpus', 'evaluate',
-           'add_residual_dropout', 'TrainConfig', 'build_model', 'train', 'plot_training', 'sample_next_token',
-           'generate', 'train_cli']
+           'add_residual_dropout', 'WeightEMA', 'TrainConfig', 'build_model', 'train', 'plot_training',
+           'sample_next_token', 'generate', 'train_cli']
 
 # %% ../nbs/04_training.ipynb #122e1fe9
 _CE_CHUNK = 1 << 26  # eager mode: float32 temporaries of at most this many elements (256 MiB)
@@ -329,6 +330,42 @@ def add_residual_dropout(model: torch.nn.Module, p: float) -> list:
     targets = [m.token_embeddings] + [b.attn for b in m.layers] + [b.ffn for b in m.layers]
     return [t.register_forward_hook(hook) for t in targets] if p > 0 else []
 
+# %% ../nbs/04_training.ipynb #bf9ed8a5
+class WeightEMA:
+    "An exponential moving average of a model's parameters; the decay at update t is `min(decay, (1 + t) / (10 + t))`."
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0 < decay < 1: raise ValueError(f"decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = float(decay), 0
+        self.params = list(_unwrap(model).parameters())
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        "Move the average toward the model's current weights (call after each optimizer step)."
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    @contextlib.contextmanager
+    def applied(self):
+        "Within the block the model holds the averaged weights; its own are restored afterwards."
+        with torch.no_grad():
+            backup = [p.detach().clone() for p in self.params]
+            for p, s in zip(self.params, self.shadow): p.copy_(s)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup): p.copy_(b)
+
+    def state_dict(self) -> dict: return dict(decay=self.decay, updates=self.updates, shadow=self.shadow)
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow): raise ValueError("the saved average belongs to a different model")
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        with torch.no_grad():
+            for s, v in zip(self.shadow, state["shadow"]): s.copy_(v)
+
 # %% ../nbs/04_training.ipynb #3c9ac779
 @dataclass
 class TrainConfig:
@@ -349,6 +386,7 @@ class TrainConfig:
     tie_embeddings: bool = False
     attn_backend: str = "auto"       # "auto": "sdpa" on GPU, the lecture's "naive" attention on CPU
     dropout: float = 0.0
+    ema_decay: float | None = None   # evaluate (and keep as best) an exponential moving average of the weights
     # optimization (AdamW, warmup + cosine, global-norm clipping)
     batch_size: int = 32
     max_iters: int = 1000
@@ -442,6 +480,7 @@ def train(config: TrainConfig | dict) -> dict:
     model = build_model(cfg, data.vocab_size, device)
     backend = model.layers[0].attn.attn_backend
     add_residual_dropout(model, cfg.dropout)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     optimizer = AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
                       eps=cfg.eps, weight_decay=cfg.weight_decay)
     amp = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bfloat16": torch.bfloat16,
@@ -464,6 +503,7 @@ def train(config: TrainConfig | dict) -> dict:
         start_iter = load_checkpoint(ckpt_path, model, optimizer)
         extra = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]
         hist, best_val = extra.get("history", hist), extra.get("best_val", best_val)
+        if ema is not None and extra.get("ema") is not None: ema.load_state_dict(extra["ema"])
     rng = np.random.default_rng(cfg.seed)  # the batch sampler; its state is checkpointed too
     if start_iter and "rng_state" in extra:  # and the torch generators (dropout): resuming is exact
         rng.bit_generator.state = extra["rng_state"]
@@ -479,13 +519,14 @@ def train(config: TrainConfig | dict) -> dict:
 
     def run_eval(it: int, loop_time: float) -> float:
         nonlocal best_val
-        v = evaluate(model, data.val, cfg.context_length, cfg.batch_size, device, autocast_dtype=amp,
-                     max_batches=cfg.eval_batches)
+        with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights, if kept
+            v = evaluate(model, data.val, cfg.context_length, cfg.batch_size, device, autocast_dtype=amp,
+                         max_batches=cfg.eval_batches)
+            if cfg.keep_best and v < best_val:
+                best_val = v
+                save_checkpoint(model, None, it, best_path, extra=dict(val_loss=v, ema=ema is not None))
         hist["val_iter"].append(it); hist["val_loss"].append(v); hist["val_time_s"].append(loop_time)
         hist["val_bpb"].append(v / math.log(2) / data.val_bytes_per_token)
-        if cfg.keep_best and v < best_val:
-            best_val = v
-            save_checkpoint(model, None, it, best_path, extra=dict(val_loss=v))
         return v
 
     model.train()
@@ -502,6 +543,7 @@ def train(config: TrainConfig | dict) -> dict:
         gnorm = gradient_clipping(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None: ema.update()
         tok_mark += tokens_per_step
         last = it + 1 == cfg.max_iters
         if (it + 1) % cfg.log_interval == 0 or last or it == start_iter:
@@ -522,7 +564,8 @@ def train(config: TrainConfig | dict) -> dict:
             save_checkpoint(model, optimizer, it + 1, ckpt_path, extra=dict(
                 history=hist, best_val=best_val, config=dataclasses.asdict(cfg), rng_state=rng.bit_generator.state,
                 torch_rng_state=torch.get_rng_state(),
-                cuda_rng_state=torch.cuda.get_rng_state() if device.type == "cuda" else None))
+                cuda_rng_state=torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                ema=ema.state_dict() if ema is not None else None))
             t_mark = time.perf_counter()
         if out_of_time: break
     pbar.close()

@@ -36,3 +36,15 @@ def test_notebook(nb: Path):
         # nbdev prints the failing cell's number and traceback on stderr
         pytest.fail(f"{nb.name} failed under nbdev-test (flags: {flags or 'none'}):\n{r.stdout[-3000:]}\n{r.stderr[-12000:]}",
                     pytrace=False)
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_title_cell_is_title_and_summary_only(nb: Path):
+    "nbdev turns the first markdown cell into the page's front matter and drops everything but '# Title' and one '> summary' line."
+    import json
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "markdown"]
+    assert cells, f"{nb.name} has no markdown cell"
+    lines = [l for l in "".join(cells[0]["source"]).strip().splitlines() if l.strip()]
+    assert lines[0].startswith("# "), f"{nb.name}: the first markdown cell must start with '# Title'"
+    assert len(lines) <= 2 and all(l.startswith(">") for l in lines[1:]), \
+        f"{nb.name}: the title cell holds more than '# Title' and one '> summary' line; nbdev drops the rest: {lines[1:4]}"

@@ -295,3 +295,16 @@ def test_cross_entropy_eager_chunks(monkeypatch, chunk):
     ref = logits.detach().clone().requires_grad_()
     F.cross_entropy(ref.reshape(-1, 11), targets.reshape(-1)).backward()
     assert torch.allclose(logits.grad, ref.grad, atol=1e-7)
+
+
+def test_train_with_weight_average_resumes_exactly(corpus):
+    "With `ema_decay`, validation (and the best checkpoint) use the averaged weights; stopping and resuming changes nothing."
+    full = train(_tiny_cfg(corpus, out_dir=str(corpus / "ema_full"), ema_decay=0.9))
+    plain = train(_tiny_cfg(corpus, out_dir=str(corpus / "ema_plain")))
+    assert full["final_val_loss"] != pytest.approx(plain["final_val_loss"], abs=1e-6)  # it did evaluate other weights
+    for a, b in zip(full["model"].parameters(), plain["model"].parameters()): assert torch.equal(a, b)  # training itself untouched
+    train(_tiny_cfg(corpus, out_dir=str(corpus / "ema_part"), max_iters=20, cosine_cycle_iters=30, ema_decay=0.9))
+    resumed = train(_tiny_cfg(corpus, out_dir=str(corpus / "ema_part"), max_iters=30, resume=True, ema_decay=0.9))
+    assert resumed["final_val_loss"] == pytest.approx(full["final_val_loss"], abs=1e-5)
+    best = torch.load(corpus / "ema_full" / "best.pt", weights_only=True)
+    assert best["extra"]["ema"] is True
