@@ -88,11 +88,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CS336_CACHE") or Path.home() / ".cache" / "cs336_nb").expanduser()
 
 def data_dir() -> Path | None:
-    "The folder named by `$CS336_DATA`, if set (it must exist)."
+    "The folder named by `$CS336_DATA`, if it is set and exists (a missing folder warns and counts as unset)."
     d = os.environ.get("CS336_DATA")
     if not d: return None
     p = Path(d).expanduser()
-    if not p.is_dir(): raise FileNotFoundError(f"$CS336_DATA={d!r} is not a folder")
+    if not p.is_dir():
+        warnings.warn(f"$CS336_DATA={d!r} is not a folder: ignoring it (the cache and the stand-ins are used)", stacklevel=2)
+        return None
     return p
 
 def offline() -> bool:
@@ -116,6 +118,10 @@ def download(name: str, dest: str | Path | None = None, *, progress: bool = True
     "Download corpus `name` to `dest` (default: the cache), checking its SHA-256; returns the path."
     c = _get(name)
     if c.url is None: raise ValueError(f"corpus {name!r} has no public download address: {c.description}")
+    if offline():
+        raise PermissionError(f"$CS336_OFFLINE is set, so {name!r} is not downloaded: fetch {c.url} on a connected "
+                              f"machine and save it as {cache_dir() / c.filename} (or as {c.filename} in the folder "
+                              "that $CS336_DATA names)")
     dest = Path(dest) if dest is not None else cache_dir() / c.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
