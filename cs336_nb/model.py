@@ -267,16 +267,17 @@ register_attention_backend("sdpa", _sdpa_backend)
 class MultiHeadSelfAttention(nn.Module):
     "Causal multi-head self-attention with optional RoPE (`theta`), grouped-query K/V heads and QK-norm."
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None, max_seq_len: int | None = None,
-                 theta: float | None = None, qk_norm: bool = False, attn_backend: str | None = None, device=None, dtype=None):
+                 theta: float | None = None, qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
+                 norm_eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         _check_pos_int("d_model", d_model); _check_pos_int("num_heads", num_heads)
-        if d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        if head_dim is None and d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         num_kv_heads = num_heads if num_kv_heads is None else _check_pos_int("num_kv_heads", num_kv_heads)
         if num_heads % num_kv_heads: raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
         if attn_backend is not None and not isinstance(attn_backend, str):
             raise TypeError(f"attn_backend must be a registered backend name or None, got {type(attn_backend).__name__}")
         self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
-        self.d_head = d_model // num_heads
+        self.d_head = d_model // num_heads if head_dim is None else _check_pos_int("head_dim", head_dim)  # Qwen3: 128 at d_model 1024, 16 heads
         self.attn_backend = attn_backend
         kw = dict(device=device, dtype=dtype)
         self.q_proj = Linear(d_model, num_heads * self.d_head, **kw)
@@ -287,8 +288,8 @@ class MultiHeadSelfAttention(nn.Module):
             if max_seq_len is None: raise ValueError("max_seq_len is required when theta (RoPE) is given")
             self.rope = RotaryPositionalEmbedding(theta, self.d_head, max_seq_len, device=device)
         else: self.rope = None
-        self.q_norm = RMSNorm(self.d_head, **kw) if qk_norm else None
-        self.k_norm = RMSNorm(self.d_head, **kw) if qk_norm else None
+        self.q_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
+        self.k_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
 
     def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None) -> Float[Tensor, "... seq d_model"]:
         if x.shape[-1] != self.d_model: raise ValueError(f"x: last dim must be d_model={self.d_model}, got shape {tuple(x.shape)}")
@@ -317,9 +318,9 @@ NormKind = Literal["rms", "layer"]
 FFNKind = Literal["swiglu", "relu", "gelu"]
 
 
-def _make_norm(norm: str, d_model: int, **kw) -> nn.Module:
-    if norm == "rms": return RMSNorm(d_model, **kw)
-    if norm == "layer": return LayerNorm(d_model, **kw)
+def _make_norm(norm: str, d_model: int, eps: float = 1e-5, **kw) -> nn.Module:
+    if norm == "rms": return RMSNorm(d_model, eps, **kw)
+    if norm == "layer": return LayerNorm(d_model, eps, **kw)
     raise ValueError(f"norm must be 'rms' or 'layer', got {norm!r}")
 
 
@@ -333,16 +334,17 @@ class TransformerBlock(nn.Module):
     "A Transformer block: ln1, attn, ln2, ffn; pre-norm (default) or post-norm residuals."
     def __init__(self, d_model: int, num_heads: int, d_ff: int, *, max_seq_len: int | None, theta: float | None,
                  num_kv_heads: int | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
-                 ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, device=None, dtype=None):
+                 ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
+                 norm_eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         if norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
         _check_pos_int("d_ff", d_ff)
         kw = dict(device=device, dtype=dtype)
         self.norm_position = norm_position
-        self.ln1 = _make_norm(norm, d_model, **kw)
+        self.ln1 = _make_norm(norm, d_model, norm_eps, **kw)
         self.attn = MultiHeadSelfAttention(d_model, num_heads, num_kv_heads=num_kv_heads, max_seq_len=max_seq_len, theta=theta,
-                                           qk_norm=qk_norm, attn_backend=attn_backend, **kw)
-        self.ln2 = _make_norm(norm, d_model, **kw)
+                                           qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps, **kw)
+        self.ln2 = _make_norm(norm, d_model, norm_eps, **kw)
         self.ffn = _make_ffn(ffn, d_model, d_ff, **kw)
 
     def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None) -> Float[Tensor, "... seq d_model"]:
@@ -376,10 +378,13 @@ class ModelConfig:
     ffn: FFNKind = "swiglu"
     qk_norm: bool = False
     attn_backend: str | None = None
+    head_dim: int | None = None  # per-head width; None: d_model // num_heads (Qwen3 sets it explicitly)
+    norm_eps: float = 1e-5  # epsilon of every RMSNorm/LayerNorm (Llama 2: 1e-5, Qwen3: 1e-6)
 
     def __post_init__(self):
         for n in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"): _check_pos_int(n, getattr(self, n))
-        if self.d_model % self.num_heads: raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.head_dim is not None: _check_pos_int("head_dim", self.head_dim)
+        elif self.d_model % self.num_heads: raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={self.num_heads} must be divisible by num_kv_heads={self.num_kv_heads}")
         if self.norm not in ("rms", "layer"): raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
@@ -387,7 +392,7 @@ class ModelConfig:
         if self.norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
 
     @property
-    def d_head(self) -> int: return self.d_model // self.num_heads
+    def d_head(self) -> int: return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
     @property
     def kv_heads(self) -> int: return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
@@ -440,19 +445,21 @@ class TransformerLM(nn.Module):
     def __init__(self, vocab_size: int, context_length: int, d_model: int, num_layers: int, num_heads: int, d_ff: int,
                  rope_theta: float | None, *, num_kv_heads: int | None = None, tie_embeddings: bool = False,
                  logit_soft_cap: float | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
-                 ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, device=None, dtype=None):
+                 ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
+                 norm_eps: float = 1e-5, device=None, dtype=None):
         super().__init__()
         self.config = ModelConfig(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, num_kv_heads,
-                                  tie_embeddings, logit_soft_cap, norm, norm_position, ffn, qk_norm, attn_backend)
+                                  tie_embeddings, logit_soft_cap, norm, norm_position, ffn, qk_norm, attn_backend,
+                                  head_dim=head_dim, norm_eps=norm_eps)
         if logit_soft_cap is not None and not logit_soft_cap > 0: raise ValueError(f"logit_soft_cap must be > 0, got {logit_soft_cap}")
         kw = dict(device=device, dtype=dtype)
         self.context_length, self.vocab_size, self.logit_soft_cap = context_length, vocab_size, logit_soft_cap
         self.token_embeddings = Embedding(vocab_size, d_model, **kw)
         self.layers = nn.ModuleList(
             TransformerBlock(d_model, num_heads, d_ff, max_seq_len=context_length, theta=rope_theta, num_kv_heads=num_kv_heads,
-                             norm=norm, norm_position=norm_position, ffn=ffn, qk_norm=qk_norm, attn_backend=attn_backend, **kw)
+                             norm=norm, norm_position=norm_position, ffn=ffn, qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps, **kw)
             for _ in range(num_layers))
-        self.ln_final = _make_norm(norm, d_model, **kw)
+        self.ln_final = _make_norm(norm, d_model, norm_eps, **kw)
         self.lm_head = Linear(d_model, vocab_size, **kw)
         if tie_embeddings: self.token_embeddings.weight = self.lm_head.weight  # one Parameter, Linear's init
 
