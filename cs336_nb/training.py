@@ -30,10 +30,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 # %% auto #0
-__all__ = ['cross_entropy', 'get_lr_cosine_schedule', 'gradient_clipping', 'tokenize_to_memmap', 'get_batch', 'save_checkpoint',
-           'load_checkpoint', 'bits_per_byte', 'TokenizedCorpus', 'split_text', 'prepare_corpus', 'evaluate',
-           'add_residual_dropout', 'WeightEMA', 'TrainConfig', 'build_model', 'train', 'plot_training',
-           'sample_next_token', 'generate', 'train_cli']
+__all__ = ['cross_entropy', 'get_lr_cosine_schedule', 'get_lr_wsd_schedule', 'gradient_clipping', 'tokenize_to_memmap',
+           'get_batch', 'save_checkpoint', 'load_checkpoint', 'bits_per_byte', 'TokenizedCorpus', 'split_text',
+           'prepare_corpus', 'evaluate', 'add_residual_dropout', 'WeightEMA', 'TrainConfig', 'build_model', 'train',
+           'plot_training', 'sample_next_token', 'generate', 'train_cli']
 
 # %% ../nbs/04_training.ipynb #122e1fe9
 _CE_CHUNK = 1 << 26  # eager mode: float32 temporaries of at most this many elements (256 MiB)
@@ -99,6 +99,20 @@ def get_lr_cosine_schedule(it: int, max_learning_rate: float, min_learning_rate:
     if it <= cosine_cycle_iters and cosine_cycle_iters > warmup_iters:
         progress = (it - warmup_iters) / (cosine_cycle_iters - warmup_iters)
         return min_learning_rate + 0.5 * (1 + math.cos(math.pi * progress)) * (max_learning_rate - min_learning_rate)
+    return min_learning_rate
+
+# %% ../nbs/04_training.ipynb #bd876f33
+def get_lr_wsd_schedule(it: int, max_learning_rate: float, min_learning_rate: float,
+                        warmup_iters: int, total_iters: int, decay_iters: int) -> float:
+    "Learning rate at step `it` of a warmup-stable-decay run of `total_iters` steps: linear warmup, the max, then a linear decay to the min over the last `decay_iters` steps."
+    if it < 0: raise ValueError(f"it must be >= 0, got {it}")
+    if warmup_iters < 0 or decay_iters < 0: raise ValueError(f"warmup_iters and decay_iters must be >= 0, got {warmup_iters}, {decay_iters}")
+    if warmup_iters + decay_iters > total_iters:
+        raise ValueError(f"warmup_iters + decay_iters ({warmup_iters} + {decay_iters}) must be <= total_iters ({total_iters})")
+    if it < warmup_iters: return max_learning_rate * it / warmup_iters
+    decay_start = total_iters - decay_iters
+    if it < decay_start: return max_learning_rate
+    if it < total_iters: return max_learning_rate - (it - decay_start) / decay_iters * (max_learning_rate - min_learning_rate)
     return min_learning_rate
 
 # %% ../nbs/04_training.ipynb #9631b01c
@@ -395,6 +409,8 @@ class TrainConfig:
     min_learning_rate: float = 1e-4
     warmup_iters: int = 100
     cosine_cycle_iters: int | None = None  # None: max_iters
+    schedule: str = "cosine"          # "cosine" (warmup + cosine decay) or "wsd" (warmup, stable, decay at the end)
+    decay_iters: int | None = None   # WSD: steps of the final decay; None: a fifth of max_iters
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -419,6 +435,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.d_model % self.num_heads: raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         if self.batch_size < 1 or self.max_iters < 1: raise ValueError("batch_size and max_iters must be >= 1")
+        if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"): raise ValueError(f"dtype must be auto/bfloat16/float16/float32, got {self.dtype!r}")
 
     @property
@@ -511,6 +528,7 @@ def train(config: TrainConfig | dict) -> dict:
         if device.type == "cuda" and extra.get("cuda_rng_state") is not None: torch.cuda.set_rng_state(extra["cuda_rng_state"])
     cycle = cfg.cosine_cycle_iters or cfg.max_iters
     warmup = min(cfg.warmup_iters, cycle)
+    decay = cfg.decay_iters if cfg.decay_iters is not None else cfg.max_iters // 5  # WSD
     tokens_per_step = cfg.batch_size * cfg.context_length
     elapsed0 = hist["time_s"][-1] if hist["time_s"] else 0.0
 
@@ -535,7 +553,8 @@ def train(config: TrainConfig | dict) -> dict:
                 initial=start_iter, total=cfg.max_iters)
     it = start_iter
     for it in pbar:
-        lr = get_lr_cosine_schedule(it, cfg.learning_rate, cfg.min_learning_rate, warmup, cycle)
+        lr = (get_lr_cosine_schedule(it, cfg.learning_rate, cfg.min_learning_rate, warmup, cycle) if cfg.schedule == "cosine" else
+              get_lr_wsd_schedule(it, cfg.learning_rate, cfg.min_learning_rate, min(warmup, cfg.max_iters - decay), cfg.max_iters, decay))
         for g in optimizer.param_groups: g["lr"] = lr
         x, y = get_batch(data.train, cfg.batch_size, cfg.context_length, device, generator=rng)
         loss = step_loss(x, y)
