@@ -471,6 +471,17 @@ class TransformerLM(nn.Module):
         pos = [c.pop(k) for k in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta")]
         return cls(*pos, **c, device=device, dtype=dtype)
 
+    @classmethod
+    def from_hf(cls, model_or_dir, **kwargs) -> "TransformerLM":
+        "Load a Hugging Face Llama/Qwen3/Mixtral/Qwen3-MoE model object or local checkpoint folder (Lecture 8a, `cs336_nb.hf.from_hf`)."
+        from cs336_nb.hf import from_hf  # lazy: Lecture 8 builds on this one
+        return from_hf(model_or_dir, **kwargs)
+
+    def to_hf(self, **kwargs):
+        "This model as a Hugging Face `transformers` model with the same weights (`cs336_nb.hf.to_hf`)."
+        from cs336_nb.hf import to_hf
+        return to_hf(self, **kwargs)
+
     def num_params(self, *, include_embeddings: bool = True) -> int:
         "Number of distinct parameters (tied weights once); without embeddings, the token embedding table is excluded."
         n = sum(p.numel() for p in self.parameters())
