@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Literal
 
 import torch
 from einops import rearrange
+from fastcore.basics import patch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
@@ -22,7 +23,7 @@ __all__ = ['AttentionBackend', 'NormKind', 'FFNKind', 'Linear', 'Embedding', 'RM
            'swiglu_hidden_dim', 'SwiGLU', 'MLP', 'RotaryPositionalEmbedding', 'scaled_dot_product_attention',
            'register_attention_backend', 'available_attention_backends', 'get_attention_backend',
            'set_attention_backend', 'use_attention_backend', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss',
-           'ModelConfig', 'TransformerLM']
+           'MoEConfig', 'ModelConfig', 'TransformerLM', 'KVCache', 'sample_logits']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -257,6 +258,10 @@ def _naive_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
 
 
 def _sdpa_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    if is_causal and Tq != Tk:  # torch's is_causal aligns the mask top-left; queries are the *last* Tq positions
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
 
 
@@ -291,7 +296,9 @@ class MultiHeadSelfAttention(nn.Module):
         self.q_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
         self.k_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
 
-    def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None) -> Float[Tensor, "... seq d_model"]:
+    def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None, *,
+                kv_cache: "KVCache | None" = None, layer_idx: int = 0, kv_len: int | None = None) -> Float[Tensor, "... seq d_model"]:
+        "With `kv_cache` (see the KV-cache section): x is (batch, seq, d_model), token_positions the cache slots (batch, seq)."
         if x.shape[-1] != self.d_model: raise ValueError(f"x: last dim must be d_model={self.d_model}, got shape {tuple(x.shape)}")
         lead, T = x.shape[:-2], x.shape[-2]
         x = _to_compute_dtype(x.reshape(-1, T, self.d_model))  # one bf16 copy shared by q/k/v projections under autocast
@@ -303,6 +310,9 @@ class MultiHeadSelfAttention(nn.Module):
             if token_positions is None: pos = torch.arange(T, device=x.device)
             else: pos = token_positions.reshape(-1, T)[:, None, :] if token_positions.dim() > 1 else token_positions
             q, k = self.rope(q, pos), self.rope(k, pos)
+        if kv_cache is not None:  # write k, v into the cache and attend over everything cached
+            out = self._attend_cached(q, k, v, kv_cache, layer_idx, token_positions, kv_len)
+            return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
         if self.num_kv_heads != self.num_heads:  # GQA: each K/V head serves num_heads/num_kv_heads query heads
             g = self.num_heads // self.num_kv_heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
@@ -347,17 +357,66 @@ class TransformerBlock(nn.Module):
         self.ln2 = _make_norm(norm, d_model, norm_eps, **kw)
         self.ffn = _make_ffn(ffn, d_model, d_ff, **kw)
 
-    def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None) -> Float[Tensor, "... seq d_model"]:
+    def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None,
+                **cache) -> Float[Tensor, "... seq d_model"]:
+        "`cache`: the attention's kv_cache, layer_idx and kv_len keywords, passed through (decoding with a KV cache)."
         if self.norm_position == "pre":
-            x = x + self.attn(self.ln1(x), token_positions)
+            x = x + self.attn(self.ln1(x), token_positions, **cache)
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self.attn(x, token_positions))
+        x = self.ln1(x + self.attn(x, token_positions, **cache))
         return self.ln2(x + self.ffn(x))
 
 
 def z_loss(logits: Float[Tensor, "... vocab"]) -> Float[Tensor, ""]:
     "Mean of (log Z)^2 over positions, Z the softmax normaliser (PaLM's auxiliary loss; multiply by ~1e-4)."
     return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+
+# %% ../nbs/03_architectures.ipynb #43a188ea
+@dataclass
+class MoEConfig:
+    "Mixture-of-experts FFN layers of a `TransformerLM` (the layer is `cs336_nb.moe.MoE`, Lecture 5)."
+    num_experts: int = 8               # routed experts per MoE layer
+    top_k: int = 2                     # experts each token is sent to
+    d_ff: int | None = None            # width of one routed expert; None: the model's d_ff
+    every: int = 1                     # every n-th layer (counting from first_dense) is an MoE layer
+    first_dense: int = 0               # the first layers keep a dense FFN (DeepSeek-V3: 3)
+    num_shared_experts: int = 0        # always-on experts (DeepSeekMoE)
+    d_ff_shared: int | None = None     # width of one shared expert; None: d_ff of a routed expert
+    scoring: str = "softmax"           # "softmax" (Mixtral, Qwen3) or "sigmoid" (DeepSeek-V3)
+    norm_topk: bool = True             # renormalise the k chosen weights
+    routed_scaling: float = 1.0        # multiply the routed output (DeepSeek-V3: 2.5)
+    n_groups: int = 1                  # group-limited routing: expert groups ...
+    topk_groups: int = 1               # ... and how many of them a token may use
+    capacity_factor: float | None = None  # None: no capacity limit, no dropped tokens
+    aux_loss_coef: float = 0.01        # Switch load-balancing loss weight
+    z_loss_coef: float = 1e-3          # router z-loss weight
+    bias_update_rate: float = 0.0      # DeepSeek-V3 auxiliary-loss-free bias step (0: off)
+    dispatch: str = "auto"             # "naive", "sorted", "grouped", "triton" or "auto"
+
+    def __post_init__(self):
+        for n in ("num_experts", "top_k", "every"): _check_pos_int(n, getattr(self, n))
+        if self.first_dense < 0: raise ValueError(f"first_dense must be >= 0, got {self.first_dense}")
+        if self.top_k > self.num_experts: raise ValueError(f"top_k={self.top_k} must be <= num_experts={self.num_experts}")
+
+    def is_moe_layer(self, i: int) -> bool:
+        "Whether layer `i` (0-based) has an MoE FFN."
+        return i >= self.first_dense and (i - self.first_dense) % self.every == 0
+
+    def expert_d_ff(self, d_ff: int) -> int: return self.d_ff or d_ff
+
+    def ffn_params(self, d_model: int, d_ff: int) -> tuple[int, int]:
+        "(total, active per token) parameters of one MoE layer: router, routed and shared SwiGLU experts."
+        f = self.expert_d_ff(d_ff)
+        expert, shared = 3 * d_model * f, 3 * d_model * self.num_shared_experts * (self.d_ff_shared or f)
+        router = self.num_experts * d_model
+        return router + self.num_experts * expert + shared, router + self.top_k * expert + shared
+
+    def build(self, d_model: int, d_ff: int, device=None, dtype=None) -> nn.Module:
+        "The `cs336_nb.moe.MoE` layer this config describes (imported here, lazily: Lecture 5 builds on this one)."
+        from cs336_nb.moe import MoE
+        c = asdict(self)
+        for k in ("d_ff", "every", "first_dense"): c.pop(k)
+        return MoE(d_model, self.expert_d_ff(d_ff), c.pop("num_experts"), c.pop("top_k"), **c, device=device, dtype=dtype)
 
 # %% ../nbs/03_architectures.ipynb #eda2054f
 @dataclass
@@ -380,6 +439,7 @@ class ModelConfig:
     attn_backend: str | None = None
     head_dim: int | None = None  # per-head width; None: d_model // num_heads (Qwen3 sets it explicitly)
     norm_eps: float = 1e-5  # epsilon of every RMSNorm/LayerNorm (Llama 2: 1e-5, Qwen3: 1e-6)
+    moe: MoEConfig | None = None  # mixture-of-experts FFNs (Lecture 5); None: every FFN dense
 
     def __post_init__(self):
         for n in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"): _check_pos_int(n, getattr(self, n))
@@ -390,6 +450,8 @@ class ModelConfig:
         if self.norm not in ("rms", "layer"): raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
         if self.ffn not in ("swiglu", "relu", "gelu"): raise ValueError(f"ffn must be 'swiglu', 'relu' or 'gelu', got {self.ffn!r}")
         if self.norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if isinstance(self.moe, dict): self.moe = MoEConfig(**self.moe)
+        if self.moe is not None and not isinstance(self.moe, MoEConfig): raise TypeError(f"moe must be a MoEConfig, dict or None, got {type(self.moe).__name__}")
 
     @property
     def d_head(self) -> int: return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
@@ -405,6 +467,8 @@ class ModelConfig:
         norm = d if self.norm == "rms" else 2 * d
         per_layer = attn + ffn + 2 * norm
         n = self.num_layers * per_layer + norm  # + ln_final
+        if self.moe is not None and self.ffn == "swiglu":  # MoE layers replace their dense FFN
+            n += sum(self.moe.ffn_params(d, f)[0] - ffn for i in range(self.num_layers) if self.moe.is_moe_layer(i))
         if include_embeddings: n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
         elif not self.tie_embeddings: n += self.vocab_size * d  # the LM head is a matmul, counted as non-embedding
         return n
@@ -446,11 +510,11 @@ class TransformerLM(nn.Module):
                  rope_theta: float | None, *, num_kv_heads: int | None = None, tie_embeddings: bool = False,
                  logit_soft_cap: float | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
                  ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
-                 norm_eps: float = 1e-5, device=None, dtype=None):
+                 norm_eps: float = 1e-5, moe: "MoEConfig | dict | None" = None, device=None, dtype=None):
         super().__init__()
         self.config = ModelConfig(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, num_kv_heads,
                                   tie_embeddings, logit_soft_cap, norm, norm_position, ffn, qk_norm, attn_backend,
-                                  head_dim=head_dim, norm_eps=norm_eps)
+                                  head_dim=head_dim, norm_eps=norm_eps, moe=moe)
         if logit_soft_cap is not None and not logit_soft_cap > 0: raise ValueError(f"logit_soft_cap must be > 0, got {logit_soft_cap}")
         kw = dict(device=device, dtype=dtype)
         self.context_length, self.vocab_size, self.logit_soft_cap = context_length, vocab_size, logit_soft_cap
@@ -459,6 +523,10 @@ class TransformerLM(nn.Module):
             TransformerBlock(d_model, num_heads, d_ff, max_seq_len=context_length, theta=rope_theta, num_kv_heads=num_kv_heads,
                              norm=norm, norm_position=norm_position, ffn=ffn, qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps, **kw)
             for _ in range(num_layers))
+        if self.config.moe is not None:  # layers.{i}.ffn becomes a cs336_nb.moe.MoE (built lazily by the config)
+            if ffn != "swiglu": raise ValueError(f"moe layers are SwiGLU experts; ffn must be 'swiglu', got {ffn!r}")
+            for i, layer in enumerate(self.layers):
+                if self.config.moe.is_moe_layer(i): layer.ffn = self.config.moe.build(d_model, d_ff, **kw)
         self.ln_final = _make_norm(norm, d_model, norm_eps, **kw)
         self.lm_head = Linear(d_model, vocab_size, **kw)
         if tie_embeddings: self.token_embeddings.weight = self.lm_head.weight  # one Parameter, Linear's init
@@ -488,12 +556,251 @@ class TransformerLM(nn.Module):
         if not include_embeddings: n -= self.token_embeddings.weight.numel()
         return n
 
-    def forward(self, token_ids: Int[Tensor, "... seq"], token_positions: Int[Tensor, "... seq"] | None = None) -> Float[Tensor, "... seq vocab"]:
+    def moe_layers(self) -> list[nn.Module]:
+        "The MoE FFNs of this model, in layer order (empty for a dense model)."
+        return [layer.ffn for layer in self.layers if hasattr(layer.ffn, "last_stats")]
+
+    def moe_aux_loss(self) -> Tensor:
+        "Sum of the MoE layers' auxiliary losses from the last forward pass (0 for a dense model); add it to the loss."
+        losses = [m.last_stats["aux_loss"] for m in self.moe_layers() if "aux_loss" in m.last_stats]
+        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.lm_head.weight.device)
+
+    def moe_loads(self) -> list[Tensor]:
+        "Per MoE layer, each expert's share of the token-slots in the last forward pass."
+        return [m.last_stats["load"] for m in self.moe_layers() if "load" in m.last_stats]
+
+    def forward(self, token_ids: Int[Tensor, "... seq"], token_positions: Int[Tensor, "... seq"] | None = None, *,
+                kv_cache: "KVCache | None" = None) -> Float[Tensor, "... seq vocab"]:
+        "Logits of every position; with `kv_cache` (made by `make_kv_cache`) the tokens are appended to it and attend to all it holds."
         if token_ids.dim() < 1: raise ValueError("token_ids must have a sequence dimension")
         T = token_ids.shape[-1]
         if T > self.context_length: raise ValueError(f"sequence length {T} exceeds context_length={self.context_length}")
+        if kv_cache is not None: return self._forward_cached(token_ids, token_positions, kv_cache)
         x = self.token_embeddings(token_ids)
         for layer in self.layers: x = layer(x, token_positions)
         logits = self.lm_head(self.ln_final(x))
         if self.logit_soft_cap is not None: logits = self.logit_soft_cap * torch.tanh(logits / self.logit_soft_cap)
         return logits
+
+# %% ../nbs/03_architectures.ipynb #kvc00001
+@dataclass(eq=False)
+class KVCache:
+    "Preallocated keys and values of every layer and each row's length; see `TransformerLM.make_kv_cache`."
+    k: list[Tensor]  # per layer: (batch, kv_heads, max_seq_len, d_head)
+    v: list[Tensor]  # per layer: same shape as k
+    lengths: Tensor  # (batch,) int64: tokens cached per row = the position (and slot) of the row's next token
+
+    @classmethod
+    def empty(cls, layer_shapes: list[tuple[int, int]], batch_size: int, max_seq_len: int, *,
+              dtype: torch.dtype = torch.float32, device=None) -> "KVCache":
+        "A zeroed cache; `layer_shapes` holds (kv_heads, d_head) per layer."
+        _check_pos_int("batch_size", batch_size); _check_pos_int("max_seq_len", max_seq_len)
+        if not layer_shapes: raise ValueError("layer_shapes must name at least one layer")
+        k = [torch.zeros(batch_size, h, max_seq_len, d, dtype=dtype, device=device) for h, d in layer_shapes]
+        v = [torch.zeros_like(t) for t in k]
+        lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        if lengths.is_cuda:  # CUDA graphs (torch.compile "reduce-overhead") then update these buffers in place
+            for t in (*k, *v, lengths): torch._dynamo.mark_static_address(t)
+        return cls(k, v, lengths)
+
+    @property
+    def batch_size(self) -> int: return self.lengths.shape[0]
+    @property
+    def max_seq_len(self) -> int: return self.k[0].shape[-2]
+    @property
+    def nbytes(self) -> int:
+        "Bytes held by the keys and values."
+        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+
+    def reset(self) -> "KVCache":
+        "Forget everything cached (the buffers are kept)."
+        self.lengths.zero_()
+        return self
+
+
+@patch
+def make_kv_cache(self: TransformerLM, batch_size: int, max_seq_len: int | None = None, *, dtype: torch.dtype | None = None,
+                  device=None) -> KVCache:
+    "An empty cache for `batch_size` rows of up to `max_seq_len` tokens (default context_length), in the parameters' dtype and device."
+    max_seq_len = self.context_length if max_seq_len is None else _check_pos_int("max_seq_len", max_seq_len)
+    if max_seq_len > self.context_length:
+        raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's context_length={self.context_length}")
+    p = next(self.parameters())
+    shapes = [(layer.attn.num_kv_heads, layer.attn.d_head) for layer in self.layers]
+    return KVCache.empty(shapes, batch_size, max_seq_len, dtype=dtype or p.dtype, device=device or p.device)
+
+# %% ../nbs/03_architectures.ipynb #kvc00003
+def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, backend: str | None) -> Tensor:
+    "Attention with a boolean mask (True: may attend): ours for the naive backend, PyTorch's SDPA for every other."
+    name = _DEFAULT_ATTENTION_BACKEND if backend is None else backend
+    if name == "naive": return scaled_dot_product_attention(q, k, v, mask)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@patch
+def _attend_cached(self: MultiHeadSelfAttention, q: Tensor, k: Tensor, v: Tensor, kv_cache: KVCache, layer_idx: int,
+                   pos: Tensor, kv_len: int | None) -> Tensor:
+    "Write k, v (batch, kv_heads, T, d) into their slots `pos` (batch, T); attend q (batch, heads, T, d) over the cache."
+    kc, vc = kv_cache.k[layer_idx], kv_cache.v[layer_idx]  # (B, Hkv, S, D)
+    B, T = pos.shape
+    rows = torch.arange(B, device=pos.device)[:, None]  # (B, 1)
+    kc[rows, :, pos] = k.transpose(1, 2).to(kc.dtype)  # indexed view is (B, T, Hkv, D)
+    vc[rows, :, pos] = v.transpose(1, 2).to(vc.dtype)
+    S = kc.shape[-2] if kv_len is None else kv_len
+    keys, values = kc[:, :, :S].to(q.dtype), vc[:, :, :S].to(q.dtype)  # (B, Hkv, S, D)
+    g = self.num_heads // self.num_kv_heads
+    mask = torch.arange(S, device=pos.device) <= pos[..., None]  # (B, T, S): slot j is visible at position p iff j <= p
+    mask = mask[:, None, None].expand(B, 1, g, T, S).reshape(B, 1, g * T, S)
+    out = _masked_attention(q.reshape(B, self.num_kv_heads, g * T, -1), keys, values, mask, self.attn_backend)
+    return out.reshape(B, self.num_heads, T, -1)  # (B, H, T, D)
+
+
+@patch
+def _forward_cached(self: TransformerLM, token_ids: Tensor, token_positions: Tensor | None, kv_cache: KVCache) -> Tensor:
+    "The forward with a KV cache: (batch, T) new tokens at positions lengths + 0..T-1; advances lengths by T."
+    if not isinstance(kv_cache, KVCache): raise TypeError(f"kv_cache must be a KVCache, got {type(kv_cache).__name__}")
+    if token_positions is not None: raise ValueError("token_positions must be None with a kv_cache (positions are the cache slots)")
+    if token_ids.dim() != 2: raise ValueError(f"with a kv_cache token_ids must be (batch, seq), got shape {tuple(token_ids.shape)}")
+    B, T = token_ids.shape
+    if B != kv_cache.batch_size: raise ValueError(f"token_ids has batch {B} but the kv_cache was made for batch {kv_cache.batch_size}")
+    if len(kv_cache.k) != len(self.layers): raise ValueError(f"kv_cache has {len(kv_cache.k)} layers, the model {len(self.layers)}")
+    pos = kv_cache.lengths[:, None] + torch.arange(T, device=token_ids.device)  # (B, T)
+    kv_len = None  # compiled: attend over all slots (static shapes); eager: only up to the longest row
+    if not torch.compiler.is_compiling():
+        kv_len = int(pos[:, -1].max()) + 1
+        if kv_len > kv_cache.max_seq_len:
+            raise ValueError(f"KV cache full: {kv_len} tokens needed, max_seq_len={kv_cache.max_seq_len}")
+    x = self.token_embeddings(token_ids)
+    for i, layer in enumerate(self.layers): x = layer(x, pos, kv_cache=kv_cache, layer_idx=i, kv_len=kv_len)
+    kv_cache.lengths.add_(T)
+    logits = self.lm_head(self.ln_final(x))
+    if self.logit_soft_cap is not None: logits = self.logit_soft_cap * torch.tanh(logits / self.logit_soft_cap)
+    return logits
+
+# %% ../nbs/03_architectures.ipynb #kvc00007
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not isinstance(temperature, (int, float)) or temperature < 0: raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1): raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def sample_logits(logits: Float[Tensor, "... vocab"], temperature: float = 1.0, *, top_k: int | None = None,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> Int[Tensor, "..."]:
+    "A token id per row: argmax at temperature 0, else a sample of softmax(logits / temperature) cut to the top-k and the top-p nucleus."
+    _check_sampling(temperature, top_k, top_p)
+    if temperature == 0: return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # a token stays if the mass before it is < top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat / flat.sum(-1, keepdim=True), 1, generator=generator).reshape(probs.shape[:-1])
+
+
+def _prepare_prompts(prompt_ids, device, pad: int = 0) -> tuple[Tensor, Tensor]:
+    "Right-padded (batch, max_len) ids and the (batch,) lengths, from a 2-D LongTensor or a list of token-id lists."
+    if isinstance(prompt_ids, Tensor):
+        if prompt_ids.dim() != 2 or prompt_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"prompt_ids must be a (batch, seq) integer tensor, got {prompt_ids.dtype} of shape {tuple(prompt_ids.shape)}")
+        if prompt_ids.shape[0] == 0 or prompt_ids.shape[1] == 0: raise ValueError("prompt_ids must have at least one row and one token")
+        ids = prompt_ids.to(device=device, dtype=torch.long)
+        return ids, torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=device)
+    if not isinstance(prompt_ids, (list, tuple)) or not prompt_ids or not all(isinstance(p, (list, tuple)) for p in prompt_ids):
+        raise TypeError("prompt_ids must be a (batch, seq) LongTensor or a non-empty list of token-id lists")
+    if any(len(p) == 0 for p in prompt_ids): raise ValueError("every prompt must have at least one token")
+    lens = [len(p) for p in prompt_ids]
+    ids = torch.full((len(lens), max(lens)), pad, dtype=torch.long)
+    for b, p in enumerate(prompt_ids): ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+    return ids.to(device), torch.tensor(lens, dtype=torch.long, device=device)
+
+# %% ../nbs/03_architectures.ipynb #kvc00008
+import weakref
+_COMPILED_STEPS: "weakref.WeakKeyDictionary[TransformerLM, tuple[Callable, KVCache | None]]" = weakref.WeakKeyDictionary()
+
+
+@patch
+def _decode_step(self: TransformerLM, token: Tensor, kv_cache: KVCache) -> Tensor:
+    "Logits (batch, vocab) of one new token per row (batch, 1), appended to the cache."
+    return self(token, kv_cache=kv_cache)[:, -1]
+
+
+@patch
+def _step_and_cache(self: TransformerLM, batch_size: int, max_seq_len: int, compile: bool) -> tuple[Callable, KVCache]:
+    "The decode step (eager, or compiled once per model) and a cache for it (reused across calls when compiled)."
+    if not compile: return self._decode_step, self.make_kv_cache(batch_size, max_seq_len)
+    step, cache = _COMPILED_STEPS.get(self, (None, None))
+    p = next(self.parameters())
+    if step is None:
+        step = torch.compile(self._decode_step, mode="reduce-overhead" if p.is_cuda else None, fullgraph=True)
+    if cache is None or cache.batch_size != batch_size or cache.k[0].dtype != p.dtype or cache.k[0].device != p.device:
+        cache = self.make_kv_cache(batch_size, self.context_length)  # static: context_length slots, every call
+    _COMPILED_STEPS[self] = (step, cache)
+    return step, cache.reset()
+
+# %% ../nbs/03_architectures.ipynb #kvc00009
+@patch
+@torch.no_grad()
+def _generate_iter(self: TransformerLM, ids: Tensor, lens: Tensor, max_new_tokens: int, temperature: float, top_k: int | None,
+                   top_p: float | None, eos_id: int | None, compile: bool, generator: torch.Generator | None) -> Iterator[Tensor]:
+    "Prefill right-padded `ids` (rows of lengths `lens`), then yield (batch,) sampled tokens, one step at a time."
+    B, T = ids.shape
+    if T > self.context_length: raise ValueError(f"prompt of {T} tokens is longer than context_length={self.context_length}")
+    if T + max_new_tokens > self.context_length:
+        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds context_length={self.context_length}")
+    was_training = self.training
+    self.eval()
+    try:
+        step, cache = self._step_and_cache(B, T + max_new_tokens, compile)
+        logits = self(ids, kv_cache=cache)[torch.arange(B, device=ids.device), lens - 1]  # prefill; (B, V) at each row's last token
+        cache.lengths.copy_(lens)  # the padding's slots are free again
+        finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        for i in range(max_new_tokens):
+            nxt = sample_logits(logits, temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
+            if eos_id is not None:
+                nxt = torch.where(finished, eos_id, nxt)
+                finished |= nxt == eos_id
+            yield nxt
+            if i == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())): break
+            if compile and ids.is_cuda: torch.compiler.cudagraph_mark_step_begin()
+            logits = step(nxt[:, None], cache)
+    finally:
+        self.train(was_training)
+
+
+def _check_generate_args(max_new_tokens, temperature, top_k, top_p, eos_id) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    _check_sampling(temperature, top_k, top_p)
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)): raise TypeError(f"eos_id must be an int or None, got {eos_id!r}")
+
+# %% ../nbs/03_architectures.ipynb #kvc00010
+@patch
+def generate_stream(self: TransformerLM, prompt_ids: Int[Tensor, "batch seq"] | list[list[int]], max_new_tokens: int, *,
+                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                    compile: bool = False, generator: torch.Generator | None = None) -> Iterator[Int[Tensor, "batch"]]:
+    "Like `generate`, but yields each step's (batch,) new tokens as they are sampled."
+    _check_generate_args(max_new_tokens, temperature, top_k, top_p, eos_id)
+    ids, lens = _prepare_prompts(prompt_ids, next(self.parameters()).device)
+    if max_new_tokens == 0: return iter(())
+    return self._generate_iter(ids, lens, max_new_tokens, temperature, top_k, top_p, eos_id, compile, generator)
+
+
+@patch
+def generate(self: TransformerLM, prompt_ids: Int[Tensor, "batch seq"] | list[list[int]], max_new_tokens: int, *,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             compile: bool = False, generator: torch.Generator | None = None, pad_id: int | None = None) -> Int[Tensor, "batch total"]:
+    "Prompt + up to `max_new_tokens` sampled tokens per row, (batch, max_prompt_len + steps); see the layout above."
+    _check_generate_args(max_new_tokens, temperature, top_k, top_p, eos_id)
+    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    ids, lens = _prepare_prompts(prompt_ids, next(self.parameters()).device, pad)
+    new = list(self._generate_iter(ids, lens, max_new_tokens, temperature, top_k, top_p, eos_id, compile, generator)) if max_new_tokens else []
+    n = len(new)
+    out = torch.cat([ids, torch.full((ids.shape[0], n), pad, dtype=torch.long, device=ids.device)], dim=1)
+    if n: out.scatter_(1, lens[:, None] + torch.arange(n, device=ids.device), torch.stack(new, dim=1))  # row b: after its prompt
+    return out
