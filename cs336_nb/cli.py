@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import importlib
 import os
 import re
 import shutil
@@ -21,8 +22,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['COURSE', 'TEST_FLAGS', 'project_root', 'lecture_notebooks', 'select_notebooks', 'lecture_table', 'default_flags',
-           'execute_notebook', 'render_fallback_site', 'render_readme', 'render_site', 'main']
+__all__ = ['COURSE', 'TEST_FLAGS', 'LECTURE_COMMANDS', 'project_root', 'lecture_notebooks', 'select_notebooks', 'lecture_table',
+           'default_flags', 'execute_notebook', 'scrub_outputs', 'recorded_on_gpu', 'render_fallback_site',
+           'render_readme', 'render_site', 'main']
 
 # %% ../nbs/00b_cli.ipynb #9a6179a0
 def project_root(start: str | Path | None = None) -> Path:
@@ -117,8 +119,9 @@ def default_flags(gpu: bool | None = None, slow: bool = True) -> list[str]:
     if gpu and torch.cuda.device_count() > 1: flags.append("multigpu")
     return flags
 
-def execute_notebook(path: str | Path, flags: list[str] = (), *, save: bool = True, timeout: int | None = None) -> float:
-    "Run notebook `path` top to bottom (cells flagged with a flag not in `flags` are skipped); returns seconds."
+def execute_notebook(path: str | Path, flags: list[str] = (), *, dest: str | Path | None = None, save: bool = True,
+                     timeout: int | None = None, scrub: bool = False) -> float:
+    "Run notebook `path` in its folder (cells flagged off are skipped); save to `dest` (default: in place; `scrub`: no progress bars or machine paths); returns seconds."
     from execnb.shell import CaptureShell
     from fastcore.nbio import write_nb
     from nbdev.process import NBProcessor
@@ -130,17 +133,54 @@ def execute_notebook(path: str | Path, flags: list[str] = (), *, save: bool = Tr
     nb = NBProcessor(path, rm_directives=False).nb
     skip = _skip_cell(nb, list(TEST_FLAGS), list(flags))
     shell = CaptureShell(path)
-    t0 = time.perf_counter()
-    cwd = os.getcwd()
+    t0, cwd = time.perf_counter(), os.getcwd()
     os.chdir(path.parent)
-    try:
-        shell.run_all(nb, exc_stop=False, preproc=lambda c: bool(skip(c)) or bool(shell.exc), cell_timeout=timeout)
-    finally:
-        os.chdir(cwd)
-    if shell.exc is not None:
-        raise RuntimeError(f"{path.name} failed:\n{shell.prettytb(fname=path)}")
-    if save: write_nb(nb, path)
+    try: shell.run_all(nb, exc_stop=False, preproc=lambda c: bool(skip(c)) or bool(shell.exc), cell_timeout=timeout)
+    finally: os.chdir(cwd)
+    if shell.exc is not None: raise RuntimeError(f"{path.name} failed:\n{shell.prettytb(fname=path)}")
+    if save:
+        if scrub: scrub_outputs(nb)
+        out = Path(dest) if dest is not None else path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_nb(nb, out)
     return time.perf_counter() - t0
+
+# %% ../nbs/00b_cli.ipynb #afc9f684
+_BAR = re.compile(r"^.*\d+%\|.*\|.*$|^.*\|\s*\d+/\d+ \[.*\]\s*$")   # a tqdm line: '42%|####  | 5/12 [00:01<00:02, 3.1it/s]'
+_CUDA_DEVICE = re.compile(r"torch \S+, CUDA \d")                      # what describe_device() prints on a GPU
+
+def _scrub_text(text: str, root: Path) -> str:
+    "Replace machine-specific paths in `text` by placeholders: <tmp>, the checkout (.), ~ and <python>."
+    import tempfile, sysconfig
+    text = re.sub(re.escape(tempfile.gettempdir()) + r"/[^/\s'\"]+", "<tmp>", text)
+    for path, name in ((str(root), "."), (sysconfig.get_paths()["purelib"], "<python>"), (str(Path.home()), "~")):
+        text = text.replace(path, name)
+    return re.sub(r"/\S*?/(site|dist)-packages", "<python>", text)
+
+def scrub_outputs(nb, root: str | Path | None = None):
+    "Drop progress bars and machine paths from the outputs of notebook `nb` (an nbformat node, changed in place)."
+    root = project_root(root)
+    for c in nb.cells:
+        outs = []
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream":
+                text = "".join(o["text"]) if isinstance(o["text"], list) else o["text"]
+                lines = [l for l in re.split(r"[\r\n]+", text) if l and not (o["name"] == "stderr" and _BAR.match(l))]
+                if not lines: continue
+                o["text"] = _scrub_text("\n".join(lines) + "\n", root)
+            for k, v in o.get("data", {}).items():
+                if k.startswith("text/"): o["data"][k] = _scrub_text("".join(v) if isinstance(v, list) else v, root)
+            outs.append(o)
+        if "outputs" in c: c["outputs"] = outs
+    return nb
+
+def recorded_on_gpu(path: str | Path) -> bool:
+    "Whether any output of the notebook at `path` was produced on a CUDA device (its device line names CUDA)."
+    import nbformat
+    nb = nbformat.read(str(path), as_version=4)
+    texts = ("".join(o.get("text", "")) + "".join(v for k, v in o.get("data", {}).items() if k == "text/plain")
+             for c in nb.cells for o in c.get("outputs", []))
+    return any(_CUDA_DEVICE.search(t) for t in texts)
 
 # %% ../nbs/00b_cli.ipynb #72df7f23
 _CHECK_JS = """<script>
@@ -263,13 +303,14 @@ def _patch_nbdev_doc_eval():
 _PROC = ("from cs336_nb.cli import _patch_nbdev_doc_eval; _patch_nbdev_doc_eval(); "
          "from nbdev.quarto import {fn}; {fn}({args})")
 
-def render_fallback_site(root: str | Path | None = None, dest: str | Path | None = None, *,
+def render_fallback_site(root: str | Path | None = None, dest: str | Path | None = None, *, src: str | Path | None = None,
                          proc: bool = True, progress: bool = True) -> Path:
-    "Plain-HTML site in `dest` (default `_docs/`) from nbdev's processed notebooks, for machines without Quarto."
+    "Plain-HTML site in `dest` (default `_docs/`) from the notebooks in `src` (default `nbs/`) as nbdev processes them."
     root = project_root(root)
     dest = Path(dest) if dest is not None else root / "_docs"
     if proc:
-        r = subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_proc_nbs", args="n_workers=0")],
+        args = "n_workers=0" + (f", path={str(Path(src).resolve())!r}" if src is not None else "")
+        r = subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_proc_nbs", args=args)],
                            cwd=root, capture_output=True, text=True)
         if r.returncode != 0: raise RuntimeError(f"nbdev-proc-nbs failed:\n{r.stderr[-8000:]}")
     procd = root / "_proc"
@@ -318,49 +359,83 @@ def render_readme(root: str | Path | None = None, *, proc: bool = True) -> Path:
     os.replace(tmp, out)
     return out
 
-def render_site(root: str | Path | None = None, *, quarto: bool | None = None, progress: bool = True) -> tuple[str, Path]:
-    "Render the site into `_docs/`: `nbdev-docs` when Quarto is installed, else the plain-HTML fallback."
+def render_site(root: str | Path | None = None, *, quarto: bool | None = None, progress: bool = True,
+                src: str | Path | None = None) -> tuple[str, Path]:
+    "Render the notebooks in `src` (default `nbs/`) into `_docs/`: `nbdev-docs` with Quarto, else the plain-HTML fallback."
     root = project_root(root)
     if quarto is None: quarto = shutil.which("quarto") is not None
     if quarto:
-        subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_docs", args="")], cwd=root, check=True)
+        args = f"path={str(Path(src).resolve())!r}" if src is not None else ""
+        subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_docs", args=args)], cwd=root, check=True)
         return "quarto (nbdev-docs)", root / "_docs"
-    site = render_fallback_site(root, progress=progress)
-    render_readme(root, proc=False)
+    site = render_fallback_site(root, src=src, progress=progress)
     return "plain HTML fallback (nbconvert; Quarto is not installed)", site
 
-# %% ../nbs/00b_cli.ipynb #3f8cf2b7
-def _build(args) -> int:
-    root = project_root()
-    nbs = select_notebooks(args.only, root)
-    flags = default_flags(args.gpu, slow=not args.fast)
-    import torch
-    from cs336_nb.core import describe_device
-    print(f"building {len(nbs)} lecture(s) on {describe_device()}; enabled cell flags: {' '.join(flags) or '(none)'}")
-    if not args.no_execute:
-        index = root / "nbs" / "index.ipynb"
-        if index.exists() and not args.only: nbs = nbs + [index]  # last: its table lists the lectures built
-        bar = tqdm(nbs, desc="executing lectures", unit="nb")
-        for nb in bar:
-            bar.set_postfix_str(nb.stem)
-            t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "cs336_nb.cli", "execute", str(nb), "--flags", *flags] if flags else \
-                  [sys.executable, "-m", "cs336_nb.cli", "execute", str(nb)]
-            r = subprocess.run(cmd, cwd=root)
-            if r.returncode != 0:
-                print(f"\nFAILED: {nb.name} (see the traceback above); notebooks after it were not run", file=sys.stderr)
-                return 1
-            tqdm.write(f"  {nb.stem}: {time.perf_counter() - t0:.1f} s")
-            subprocess.run([sys.executable, "-c", f"from nbdev.clean import nbdev_clean; nbdev_clean(fname={str(nb)!r})"],
-                           cwd=root, check=False)
-    if args.no_site: return 0
-    how, where = render_site(root, quarto=args.quarto)
-    print(f"site rendered with {how} into {where}")
+# %% ../nbs/00b_cli.ipynb #9645320e
+def _build_dir(root: Path) -> Path:
+    "A fresh `_build/nbs/`: a copy of `nbs/` (notebooks and the site's files) that a build executes into."
+    out = root / "_build" / "nbs"
+    if out.exists(): shutil.rmtree(out)
+    shutil.copytree(root / "nbs", out, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    return out
+
+def _run_each(nbs: list[Path], flags: list[str], dest_dir: Path | None = None, *, scrub: bool = False) -> int:
+    "Execute each notebook in a fresh process (into `dest_dir`, else in place), with a progress bar; 1 at the first failure."
+    bar = tqdm(nbs, desc="executing lectures", unit="nb")
+    for nb in bar:
+        bar.set_postfix_str(nb.stem)
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "cs336_nb.cli", "execute", str(nb), "--flags", *flags]
+        if dest_dir is not None: cmd += ["--dest", str(dest_dir / nb.name)]
+        if scrub: cmd.append("--scrub")
+        if subprocess.run(cmd, cwd=nb.parent).returncode != 0:
+            print(f"\nFAILED: {nb.name} (see the traceback above); notebooks after it were not run", file=sys.stderr)
+            return 1
+        tqdm.write(f"  {nb.stem}: {time.perf_counter() - t0:.1f} s")
     return 0
 
+def _with_index(nbs: list[Path], root: Path, only) -> list[Path]:
+    index = root / "nbs" / "index.ipynb"
+    return nbs + [index] if index.exists() and not only else nbs  # last: its table lists the lectures
+
+def _build(args) -> int:
+    from cs336_nb.core import describe_device
+    root = project_root()
+    nbs, flags = select_notebooks(args.only, root), default_flags(args.gpu, slow=not args.fast)
+    src = root / "nbs"
+    if not args.no_execute:
+        print(f"building {len(nbs)} lecture(s) into _build/nbs on {describe_device('cuda' if 'cuda' in flags else 'cpu')}; "
+              f"enabled cell flags: {' '.join(flags) or '(none)'}; nbs/ is not changed")
+        src = _build_dir(root)
+        if _run_each(_with_index(nbs, root, args.only), flags, src): return 1
+    if args.no_site: return 0
+    how, where = render_site(root, quarto=args.quarto, src=src)
+    print(f"site rendered with {how} from {src.relative_to(root)} into {where.relative_to(root)}")
+    return 0
+
+# %% ../nbs/00b_cli.ipynb #6919d26d
+def _record(args) -> int:
+    "Execute in place into nbs/ (the committed record), never over outputs recorded on a GPU when there is none."
+    from cs336_nb.core import describe_device
+    root = project_root()
+    only = [o for o in args.only or [] if o != "index"]  # 'index' names the home page (and the README made from it)
+    nbs = select_notebooks(only, root) if only or not args.only else []
+    nbs = _with_index(nbs, root, None) if not args.only or "index" in args.only else nbs
+    flags = default_flags(args.gpu, slow=not args.fast)
+    gpu = "cuda" in flags
+    kept = [nb for nb in nbs if not gpu and recorded_on_gpu(nb)]
+    for nb in kept:
+        print(f"keeping {nb.name}: its outputs were recorded on a GPU; record it on a GPU machine (--gpu)", file=sys.stderr)
+    todo = [nb for nb in nbs if nb not in kept]
+    print(f"recording {len(todo)} notebook(s) on {describe_device('cuda' if gpu else 'cpu')}; flags: {' '.join(flags) or '(none)'}")
+    rc = _run_each(todo, flags, scrub=True)
+    from nbdev.clean import nbdev_clean
+    for nb in todo: nbdev_clean(fname=str(nb))
+    if rc == 0 and any(nb.stem == "index" for nb in todo): render_readme(root)
+    return rc
+
 def _execute(args) -> int:
-    try:
-        secs = execute_notebook(args.notebook, args.flags or [], timeout=args.timeout)
+    try: secs = execute_notebook(args.notebook, args.flags or [], dest=args.dest, timeout=args.timeout, scrub=args.scrub)
     except RuntimeError as e:
         print(e, file=sys.stderr); return 1
     print(f"executed {Path(args.notebook).name} in {secs:.1f} s")
@@ -371,47 +446,72 @@ def _site(args) -> int:
     print(f"site rendered with {how} into {where}")
     return 0
 
-def _train(args, rest) -> int:
-    try:
-        from cs336_nb.training import train_cli
-    except ImportError as e:
-        print(f"cs336-nb train needs cs336_nb.training (Lecture 4): {e}", file=sys.stderr); return 2
-    return train_cli(rest)
-
 def _data(args) -> int:
     from cs336_nb import corpora
     if args.download:
         for name in args.download: print(corpora.download(name))
         return 0
+    d = corpora.data_dir()
+    print(f"looked in: $CS336_DATA = {d or '(not set)'}; the cache {corpora.cache_dir()}")
     for c in corpora.CORPORA.values():
         print(f"{c.name:20s} {'here' if corpora.available(c.name) else '----'}  {c.description}")
     return 0
 
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `cs336-nb` command."
-    p = argparse.ArgumentParser(prog="cs336-nb", description="Build, test and use the cs336-nb lectures.")
+# %% ../nbs/00b_cli.ipynb #1134a073
+LECTURE_COMMANDS = {  # subcommand -> (module, function, help); the lecture's function parses its own arguments
+    "train": ("cs336_nb.training", "train_cli", "train a language model: cs336-nb train --config FILE [-o key=value ...]"),
+}
+
+def _lecture_command(name: str, rest: list[str]) -> int:
+    "Run a lecture's own command line (imported only when asked for, so the CLI starts fast)."
+    mod, fn, _ = LECTURE_COMMANDS[name]
+    try: cli = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        print(f"cs336-nb {name} needs {mod}.{fn}: {e}", file=sys.stderr); return 2
+    return cli(rest)
+
+def _execution_args(p) -> None:
+    p.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="run #| cuda cells (default: if a GPU is present)")
+    p.add_argument("--no-gpu", dest="gpu", action="store_false", help="skip #| cuda and #| multigpu cells")
+    p.add_argument("--only", action="append", metavar="NAME", help="only this lecture (repeatable): '06_kernels', '06' or 'kernels'")
+    p.add_argument("--fast", action="store_true", help="skip #| slow cells")
+
+def _quarto_args(p) -> None:
+    p.add_argument("--quarto", dest="quarto", action="store_true", default=None, help="force nbdev-docs (needs Quarto)")
+    p.add_argument("--no-quarto", dest="quarto", action="store_false", help="force the plain-HTML fallback")
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cs336-nb", description="Build, record, test and use the cs336-nb lectures.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="execute the lectures (saving outputs) and render the site into _docs/")
-    b.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="run #| cuda cells (default: if a GPU is present)")
-    b.add_argument("--no-gpu", dest="gpu", action="store_false", help="skip #| cuda and #| multigpu cells")
-    b.add_argument("--only", action="append", metavar="NAME", help="only this lecture (repeatable): '06_kernels', '06' or 'kernels'")
-    b.add_argument("--fast", action="store_true", help="skip #| slow cells")
-    b.add_argument("--no-execute", action="store_true", help="render the site from the notebooks as they are")
+    b = sub.add_parser("build", help="execute the lectures into _build/ (nbs/ untouched) and render the site into _docs/")
+    _execution_args(b); _quarto_args(b)
+    b.add_argument("--no-execute", action="store_true", help="render the site from the committed notebooks as they are")
     b.add_argument("--no-site", action="store_true", help="execute only")
-    b.add_argument("--quarto", dest="quarto", action="store_true", default=None, help="force nbdev-docs (needs Quarto)")
-    b.add_argument("--no-quarto", dest="quarto", action="store_false", help="force the plain-HTML fallback")
+    r = sub.add_parser("record", help="maintainers: execute in place into nbs/, keeping outputs recorded on a GPU")
+    _execution_args(r)
     e = sub.add_parser("execute", help="execute one notebook in this process and save its outputs")
     e.add_argument("notebook"); e.add_argument("--flags", nargs="*", default=[]); e.add_argument("--timeout", type=int, default=None)
-    s = sub.add_parser("site", help="render the site only")
-    s.add_argument("--quarto", dest="quarto", action="store_true", default=None)
-    s.add_argument("--no-quarto", dest="quarto", action="store_false")
-    sub.add_parser("train", help="train a language model: cs336-nb train --config FILE [--override key=value ...]", add_help=False)
-    d = sub.add_parser("data", help="list the corpora and whether they are here; --download NAME fetches one")
+    e.add_argument("--dest", default=None, help="write the executed notebook here (default: in place)")
+    e.add_argument("--scrub", action="store_true", help="drop progress bars and machine paths from the outputs")
+    _quarto_args(sub.add_parser("site", help="render the site only, from the committed notebooks"))
+    d = sub.add_parser("data", help="list the corpora and where they were looked for; --download NAME fetches one")
     d.add_argument("--download", action="append", metavar="NAME")
+    for name, (_, _, help) in LECTURE_COMMANDS.items(): sub.add_parser(name, help=help, add_help=False)
+    return p
+
+# %% ../nbs/00b_cli.ipynb #23c8618e
+def main(argv: list[str] | None = None) -> int:
+    "Entry point of the `cs336-nb` command: a user's mistake is one line on stderr and exit status 2."
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]: return _train(None, argv[1:])
-    args = p.parse_args(argv)
-    return {"build": _build, "execute": _execute, "site": _site, "data": _data}[args.cmd](args)
+    try:
+        if argv[:1] and argv[0] in LECTURE_COMMANDS: return _lecture_command(argv[0], argv[1:])
+        try: args = _parser().parse_args(argv)
+        except SystemExit as e: return int(e.code or 0)
+        return {"build": _build, "record": _record, "execute": _execute, "site": _site, "data": _data}[args.cmd](args)
+    except (ValueError, TypeError, OSError) as e:  # CS336_DEBUG=1 shows the traceback instead
+        if os.environ.get("CS336_DEBUG"): raise
+        print(f"cs336-nb: error: {e}", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__" and "__file__" in globals():  # `python -m cs336_nb.cli`, not the notebook
     sys.exit(main())

@@ -30,10 +30,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 # %% auto #0
-__all__ = ['cross_entropy', 'get_lr_cosine_schedule', 'get_lr_wsd_schedule', 'gradient_clipping', 'tokenize_to_memmap',
-           'get_batch', 'save_checkpoint', 'load_checkpoint', 'bits_per_byte', 'TokenizedCorpus', 'split_text',
-           'prepare_corpus', 'evaluate', 'add_residual_dropout', 'WeightEMA', 'TrainConfig', 'build_model', 'train',
-           'plot_training', 'sample_next_token', 'generate', 'train_cli']
+__all__ = ['generate', 'cross_entropy', 'get_lr_cosine_schedule', 'get_lr_wsd_schedule', 'gradient_clipping',
+           'tokenize_to_memmap', 'get_batch', 'save_checkpoint', 'load_checkpoint', 'bits_per_byte', 'TokenizedCorpus',
+           'split_text', 'prepare_corpus', 'evaluate', 'add_residual_dropout', 'WeightEMA', 'TrainConfig',
+           'build_model', 'train', 'plot_training', 'sample_next_token', 'generate_text', 'train_cli']
 
 # %% ../nbs/04_training.ipynb #122e1fe9
 _CE_CHUNK = 1 << 26  # eager mode: float32 temporaries of at most this many elements (256 MiB)
@@ -380,6 +380,25 @@ class WeightEMA:
         with torch.no_grad():
             for s, v in zip(self.shadow, state["shadow"]): s.copy_(v)
 
+# %% ../nbs/04_training.ipynb #d3c9cb0c
+_SIMPLE_TYPES = {"int": lambda x: isinstance(x, int) and not isinstance(x, bool),
+                 "float": lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+                 "bool": lambda x: isinstance(x, bool), "str": lambda x: isinstance(x, str), "None": lambda x: x is None}
+
+def _check_config(cfg) -> None:
+    "Reject what a user could mistype in a config: a value of the wrong type, an unknown corpus, a device not here."
+    for f in dataclasses.fields(cfg):
+        v, kinds = getattr(cfg, f.name), str(f.type).replace(" ", "").split("|")
+        if not all(k in _SIMPLE_TYPES for k in kinds): continue  # a richer annotation: the field's own check decides
+        if not any(_SIMPLE_TYPES[k](v) for k in kinds):
+            raise TypeError(f"{type(cfg).__name__}.{f.name} must be {' or '.join(kinds)}, got {v!r}")
+    from cs336_nb.corpora import CORPORA
+    if cfg.corpus not in CORPORA and not Path(cfg.corpus).is_file():
+        raise ValueError(f"corpus {cfg.corpus!r} is neither a known corpus ({', '.join(sorted(CORPORA))}) nor a text file")
+    if cfg.device != "auto":
+        from cs336_nb.core import get_device
+        get_device(cfg.device)  # a ValueError naming the device when it is not on this machine
+
 # %% ../nbs/04_training.ipynb #3c9ac779
 @dataclass
 class TrainConfig:
@@ -433,6 +452,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        _check_config(self)
         if self.d_model % self.num_heads: raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
         if self.batch_size < 1 or self.max_iters < 1: raise ValueError("batch_size and max_iters must be >= 1")
         if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
@@ -450,7 +470,9 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "TrainConfig":
-        d = json.loads(Path(path).read_text())
+        try: d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e: raise ValueError(f"{path} is not a JSON TrainConfig: {e}") from None
+        if not isinstance(d, dict): raise ValueError(f"{path} must hold a JSON object of TrainConfig fields")
         d.pop("_comment", None)
         for ov in overrides:
             if "=" not in ov: raise ValueError(f"override {ov!r} must look like key=value")
@@ -643,15 +665,14 @@ def sample_next_token(logits: Float[Tensor, "... vocab"], temperature: float = 1
     return ids.reshape(probs.shape[:-1])
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
-             top_p: float = 1.0, *, stop_token: str | None = "<|endoftext|>", seed: int | None = None) -> str:
-    "Continue `prompt` by sampling up to `max_new_tokens` tokens (temperature, top-p); returns the continuation's text."
+def generate_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
+                  top_p: float = 1.0, *, top_k: int | None = None, stop_token: str | None = "<|endoftext|>",
+                  seed: int | None = None) -> str:
+    "Continue `prompt` by up to `max_new_tokens` sampled tokens with `TransformerLM.generate` (KV cache); the continuation's text."
     if max_new_tokens < 0: raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     model = _unwrap(model)
-    was_training = model.training
-    model.eval()
+    if not hasattr(model, "generate_stream"): raise TypeError(f"model must be a TransformerLM, got {type(model).__name__}")
     device = next(model.parameters()).device
-    ctx = getattr(model, "context_length", None) or getattr(getattr(model, "config", None), "context_length", None)
     stop_id = None
     if stop_token is not None:
         try:
@@ -660,17 +681,21 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens
         except Exception: stop_id = None
     gen = torch.Generator(device=device)
     gen.manual_seed(seed if seed is not None else torch.seed() % 2**63)
-    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
-    if ids.shape[1] == 0: raise ValueError("prompt must encode to at least one token")
-    new: list[int] = []
-    for _ in range(max_new_tokens):
-        logits = model(ids if ctx is None else ids[:, -ctx:])[:, -1]
-        nxt = sample_next_token(logits, temperature, top_p, gen)
-        if stop_id is not None and int(nxt) == stop_id: break
-        new.append(int(nxt))
-        ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-    model.train(was_training)
+    toks = list(tokenizer.encode(prompt))
+    if not toks: raise ValueError("prompt must encode to at least one token")
+    ctx, new = model.context_length, []
+    while len(new) < max_new_tokens:  # past the context, continue from the last ctx // 2 tokens (a fresh cache)
+        window = toks if len(toks) < ctx else toks[-(ctx // 2):]
+        n = min(max_new_tokens - len(new), ctx - len(window))
+        for nxt in model.generate_stream([window], n, temperature=temperature, top_k=top_k, top_p=top_p, generator=gen):
+            t = int(nxt[0])
+            if t == stop_id: return tokenizer.decode(new)
+            new.append(t); toks.append(t)
     return tokenizer.decode(new)
+
+
+generate = generate_text  # the name this helper had before Lecture 3 gained `TransformerLM.generate`
+
 
 # %% ../nbs/04_training.ipynb #4f4b1f8f
 def train_cli(argv: Sequence[str] | None = None) -> int:
@@ -694,5 +719,5 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
                                  "best_iter", "tokens_per_s", "mfu", "loop_time_s", "total_time_s", "checkpoint")}
     print(json.dumps(summary, indent=1))
     if args.sample is not None:
-        print(args.sample + generate(r["model"], r["tokenizer"], args.sample, 200, temperature=0.8, top_p=0.95, seed=cfg.seed))
+        print(args.sample + generate_text(r["model"], r["tokenizer"], args.sample, 200, temperature=0.8, top_p=0.95, seed=cfg.seed))
     return 0
