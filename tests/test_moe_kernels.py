@@ -131,3 +131,45 @@ def test_grouped_mm_cuda_bf16_matches_torch():
     dout = torch.randn(a.shape[0], 192, device="cuda", dtype=torch.bfloat16)
     ours, ref = _run(G.grouped_mm, a, b, offs, dout), _run(_torch_gmm, a, b, offs, dout)
     for x, r in zip(ours, ref): assert rel(x, r) < 1e-2
+
+
+# Expert parallelism: 2 and 4 gloo processes against one process (one launch per world size, all configs inside).
+EP_CONFIGS = [
+    dict(d_model=16, d_ff=12, num_experts=8, top_k=2, num_shared_experts=1),
+    dict(d_model=16, d_ff=12, num_experts=8, top_k=3, scoring="sigmoid", n_groups=4, topk_groups=2, routed_scaling=2.5,
+         norm_topk=True),
+    dict(d_model=16, d_ff=12, num_experts=8, top_k=2, norm_topk=False, capacity_factor=1.0, num_shared_experts=2,
+         d_ff_shared=8),
+]
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_expert_parallel_matches_one_process(world_size):
+    from cs336_nb import moe_parallel as MP
+    from cs336_nb.parallel import launch
+    ep = launch(MP.expert_parallel_check, world_size, EP_CONFIGS, tokens=20, seed=1)
+    ref = MP.expert_parallel_reference(EP_CONFIGS, world_size, tokens=20, seed=1)
+    for cfg, err in zip(EP_CONFIGS, MP.expert_parallel_errors(ep, ref)):
+        assert max(err.values()) < 1e-5, (cfg, err)
+    for r in range(world_size):  # each rank holds its slice of the experts, under the MoE's parameter names
+        grads = ep[r][0]["grads"]
+        assert grads["experts.w1"].shape == (8 // world_size, 12, 16) and "router.weight" in grads
+    sent = [sum(ep[r][0]["all_to_all"]["send_rows"]) for r in range(world_size)]
+    received = [sum(ep[r][0]["all_to_all"]["recv_rows"]) for r in range(world_size)]
+    assert sum(sent) == sum(received) == 20 * 2 * world_size  # no capacity: every slot travels (or stays) once
+    a2a = ep[0][0]["all_to_all"]
+    assert a2a["bytes_sent"] == (sent[0] - a2a["send_rows"][0]) * 16 * 4
+
+
+def test_shard_expert_state_and_errors():
+    from cs336_nb import moe_parallel as MP
+    from cs336_nb.moe import MoE
+    moe = MoE(8, 6, 4, 2, num_shared_experts=1)
+    parts = [MP.shard_expert_state(moe.state_dict(), r, 2) for r in range(2)]
+    assert torch.equal(torch.cat([p["experts.w2"] for p in parts]), moe.experts.w2)
+    assert torch.equal(parts[1]["router.weight"], moe.router.weight) and torch.equal(parts[1]["shared.w1.weight"], moe.shared.w1.weight)
+    with pytest.raises(ValueError, match="do not split"):
+        MP.shard_expert_state(moe.state_dict(), 0, 3)
+    with pytest.raises(RuntimeError, match="process group"):
+        MP.ExpertParallelMoE(8, 6, 4, 2)
+    assert MP.all_to_all_bytes(16384, 8, 2048, 8) == 16384 * 8 * 7 / 8 * 2048 * 2
