@@ -63,6 +63,16 @@ class Linear(nn.Module):
     def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def _check_token_ids(token_ids, vocab_size: int) -> None:
+    "A clear error for what is not a tensor of ids in [0, vocab_size) (negative ids would silently wrap around)."
+    if not isinstance(token_ids, Tensor):
+        raise TypeError(f"token_ids must be an integer tensor, got {type(token_ids).__name__}: wrap lists with torch.tensor(...)")
+    if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
+    if token_ids.device.type == "cpu" and token_ids.numel() and not torch.compiler.is_compiling():  # free on the CPU; no GPU sync
+        lo, hi = int(token_ids.min()), int(token_ids.max())
+        if lo < 0 or hi >= vocab_size: raise ValueError(f"token ids must be in [0, {vocab_size}), got ids from {lo} to {hi}")
+
 class Embedding(nn.Module):
     "A lookup table: row `i` of `weight` (num_embeddings, embedding_dim) is the vector of token `i`."
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None):
@@ -76,8 +86,7 @@ class Embedding(nn.Module):
         nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
 
     def forward(self, token_ids: Int[Tensor, "..."]) -> Float[Tensor, "... d"]:
-        if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
+        _check_token_ids(token_ids, self.num_embeddings)
         return self.weight[token_ids]
 
     def extra_repr(self) -> str: return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -220,14 +229,21 @@ def register_attention_backend(name: str, fn: AttentionBackend) -> None:
     _ATTENTION_BACKENDS[name] = fn
 
 
+# Backends of later lectures, found by name: importing their module registers them (Lecture 6, FlashAttention-2).
+_LAZY_ATTENTION_BACKENDS = {"flash_pytorch": "cs336_nb.kernels.flash_attention", "flash_triton": "cs336_nb.kernels.flash_attention"}
+
+
 def available_attention_backends() -> list[str]:
-    "Names of the registered attention backends."
-    return sorted(_ATTENTION_BACKENDS)
+    "Names of the attention backends: those registered, and those of later lectures that load on first use."
+    return sorted(set(_ATTENTION_BACKENDS) | set(_LAZY_ATTENTION_BACKENDS))
 
 
 def get_attention_backend(name: str | None = None) -> AttentionBackend:
-    "The backend registered under `name` (None: the current default)."
+    "The backend registered under `name` (None: the current default); a later lecture's backend is imported on first use."
     name = _DEFAULT_ATTENTION_BACKEND if name is None else name
+    if name not in _ATTENTION_BACKENDS and name in _LAZY_ATTENTION_BACKENDS:
+        import importlib
+        importlib.import_module(_LAZY_ATTENTION_BACKENDS[name]).register_attention_backends()
     if name not in _ATTENTION_BACKENDS:
         raise ValueError(f"attention backend {name!r} is not registered; available: {', '.join(available_attention_backends())}")
     return _ATTENTION_BACKENDS[name]
@@ -572,6 +588,7 @@ class TransformerLM(nn.Module):
     def forward(self, token_ids: Int[Tensor, "... seq"], token_positions: Int[Tensor, "... seq"] | None = None, *,
                 kv_cache: "KVCache | None" = None) -> Float[Tensor, "... seq vocab"]:
         "Logits of every position; with `kv_cache` (made by `make_kv_cache`) the tokens are appended to it and attend to all it holds."
+        _check_token_ids(token_ids, self.vocab_size)
         if token_ids.dim() < 1: raise ValueError("token_ids must have a sequence dimension")
         T = token_ids.shape[-1]
         if T > self.context_length: raise ValueError(f"sequence length {T} exceeds context_length={self.context_length}")

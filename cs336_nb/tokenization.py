@@ -118,7 +118,10 @@ def _count_chunk(args) -> Counter:
     path, start, end, special_tokens = args
     with open(path, "rb") as f:
         f.seek(start)
-        text = f.read(end - start).decode("utf-8")
+        data = f.read(end - start)
+    try: text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (invalid byte at offset {start + e.start}): train on a text file") from None
     return _count_text(text, _special_splitter(special_tokens))
 
 

@@ -203,3 +203,16 @@ def test_softmax_sdpa_and_zloss():
     torch.testing.assert_close(scaled_dot_product_attention(q, k, v, mask), F.scaled_dot_product_attention(q, k, v, is_causal=True))
     logits = torch.randn(3, 7, 11)
     torch.testing.assert_close(z_loss(logits), torch.logsumexp(logits, -1).pow(2).mean())
+
+
+def test_later_backends_load_by_name():
+    "attn_backend='flash_pytorch' works in a fresh process without importing cs336_nb.kernels first (no import side effects)."
+    import subprocess, sys
+    code = ("import sys, torch; from cs336_nb import model as M\n"
+            "assert not any(m.startswith('cs336_nb.kernels') for m in sys.modules)\n"
+            "m = M.TransformerLM.from_config(M.ModelConfig.tiny(num_layers=1, attn_backend='flash_pytorch'))\n"
+            "ref = M.TransformerLM.from_config(M.ModelConfig.tiny(num_layers=1)); ref.load_state_dict(m.state_dict())\n"
+            "x = torch.randint(0, 256, (2, 9))\n"
+            "assert (m(x) - ref(x)).abs().max() < 1e-4\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -406,5 +406,3 @@ def register_attention_backends() -> list[str]:
     model.register_attention_backend("flash_pytorch", _flash_backend(FlashAttention2PyTorch))
     model.register_attention_backend("flash_triton", _flash_backend(FlashAttention2Triton))
     return ["flash_pytorch", "flash_triton"]
-
-_registered = register_attention_backends()
