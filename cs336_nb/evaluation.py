@@ -21,13 +21,16 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['LETTERS', 'mmlu_subjects', 'load_mmlu', 'extract_gsm8k_answer', 'load_gsm8k', 'parse_gsm8k_response', 'gsm8k_match',
-           'parse_mmlu_response']
+__all__ = ['LETTERS', 'TASKS', 'mmlu_subjects', 'load_mmlu', 'extract_gsm8k_answer', 'load_gsm8k', 'parse_gsm8k_response',
+           'gsm8k_match', 'parse_mmlu_response', 'TokenizerAdapter', 'LMAdapter', 'encode_pair', 'perplexity',
+           'mmlu_question', 'mmlu_prompt', 'mmlu_accuracy', 'evaluate_mmlu', 'gsm8k_solution', 'gsm8k_prompt',
+           'evaluate_gsm8k', 'EvalResults', 'evaluate']
 
 # %% ../nbs/10_evaluation.ipynb #3330910d
 _MMLU_URL = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"
@@ -123,3 +126,307 @@ def parse_mmlu_response(example: dict, output: str) -> str | None:
         hits = [l for l, c in zip(LETTERS, choices) if str(c).strip() and rest.startswith(str(c).strip().lower())]
         if len(hits) == 1: return hits[0]
     return None
+
+# %% ../nbs/10_evaluation.ipynb #0a01a03e
+class TokenizerAdapter:
+    "`encode`/`decode`/`eos_id` over our `Tokenizer` or a Hugging Face tokenizer (which adds its BOS as it always does)."
+    def __init__(self, tokenizer: Any):
+        if isinstance(tokenizer, TokenizerAdapter): tokenizer = tokenizer.tokenizer
+        if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
+            raise TypeError(f"tokenizer must have encode/decode (our Tokenizer or a Hugging Face one), got {type(tokenizer).__name__}")
+        self.tokenizer, self.is_hf = tokenizer, hasattr(tokenizer, "convert_tokens_to_ids")
+        if self.is_hf: self.eos_id = tokenizer.eos_token_id
+        else:
+            sid = getattr(tokenizer, "_special_id", {})
+            self.eos_id = sid.get("<|endoftext|>", next(iter(sid.values()), None))
+
+    def encode(self, text: str) -> list[int]:
+        "Token ids of `text`."
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        "Text of `ids` (special tokens dropped for Hugging Face tokenizers)."
+        ids = [int(i) for i in ids]
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if self.is_hf else self.tokenizer.decode(ids)
+
+# %% ../nbs/10_evaluation.ipynb #9894a966
+def _is_hf(model) -> bool: return hasattr(getattr(model, "config", None), "model_type")
+
+class LMAdapter:
+    "Logits, greedy generation and context length of our `TransformerLM` or a Hugging Face causal LM, in eval mode."
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_length: int | None = None):
+        if isinstance(model, LMAdapter): model = model.model
+        if not isinstance(model, torch.nn.Module): raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.tok, self.is_hf = model.eval(), TokenizerAdapter(tokenizer), _is_hf(model)
+        cfg = getattr(model, "config", None)
+        ctx = (getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)) if self.is_hf \
+            else getattr(model, "context_length", None)
+        self.max_length = int(max_length or ctx or 2048)
+        self.device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def logits(self, ids: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq vocab"]:
+        "Next-token logits at every position of right-padded rows (causal: padding after a token does not change it)."
+        ids = ids.to(self.device)
+        return self.model(input_ids=ids).logits if self.is_hf else self.model(ids)
+
+# %% ../nbs/10_evaluation.ipynb #d1733b80
+@torch.no_grad()
+def _greedy_loop(model, ids: Tensor, n: int, ctx: int) -> Tensor:
+    "Greedy decoding without a cache: the whole (truncated) prefix through the model at every step."
+    for _ in range(n):
+        nxt = model(ids[:, -ctx:])[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+    return ids
+
+@patch
+@torch.no_grad()
+def _generate_rows(self: LMAdapter, rows: Tensor, n: int) -> Tensor:
+    "New tokens (B, n) for equal-length prompt rows (B, T), greedy."
+    m, eos = self.model, self.tok.eos_id
+    if self.is_hf:
+        pad = eos if eos is not None else 0
+        out = m.generate(rows, attention_mask=torch.ones_like(rows), max_new_tokens=n, do_sample=False,
+                         pad_token_id=pad, eos_token_id=eos)
+    elif hasattr(m, "generate"):
+        out = m.generate(rows, n, temperature=1.0, top_k=1, eos_id=eos)
+    else:
+        out = _greedy_loop(m, rows, n, self.max_length)
+    new = out[:, rows.shape[1]:]
+    if new.shape[1] < n:  # stopped early at EOS in every row: pad with EOS
+        new = torch.cat([new, new.new_full((new.shape[0], n - new.shape[1]), eos if eos is not None else 0)], 1)
+    return new
+
+# %% ../nbs/10_evaluation.ipynb #e584f90e
+@patch
+def generate(self: LMAdapter, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, batch_size: int = 8,
+              progress: bool = False, desc: str = "generating") -> list[list[int]]:
+    "Greedy continuations (new token ids, cut at EOS) of token-id prompts; prompts left-truncated to fit the context."
+    if max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if max_new_tokens >= self.max_length: raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in context {self.max_length}")
+    keep = self.max_length - max_new_tokens
+    prompts = [list(p)[-keep:] for p in prompts]
+    if any(len(p) == 0 for p in prompts): raise ValueError("every prompt must encode to at least one token")
+    by_len = defaultdict(list)
+    for i, p in enumerate(prompts): by_len[len(p)].append(i)
+    groups = [idx[j:j + batch_size] for L in sorted(by_len) for idx in [by_len[L]] for j in range(0, len(idx), batch_size)]
+    out: list[list[int]] = [[] for _ in prompts]
+    for g in tqdm(groups, desc=desc, disable=not progress, leave=False):
+        rows = torch.tensor([prompts[i] for i in g], dtype=torch.long, device=self.device)
+        new = self._generate_rows(rows, max_new_tokens).tolist()
+        for i, ids in zip(g, new):
+            eos = self.tok.eos_id
+            out[i] = ids[:ids.index(eos)] if eos is not None and eos in ids else ids
+    return out
+
+# %% ../nbs/10_evaluation.ipynb #ad08cd06
+def encode_pair(tok: TokenizerAdapter, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    "Context and continuation token ids as lm-evaluation-harness makes them: trailing spaces move to the continuation, the whole is encoded at once."
+    if not context: raise ValueError("context must be non-empty")
+    n = len(context) - len(context.rstrip())
+    if n: context, continuation = context[:-n], context[-n:] + continuation
+    whole, ctx = tok.encode(context + continuation), tok.encode(context)
+    return ctx, whole[len(ctx):]
+
+# %% ../nbs/10_evaluation.ipynb #a27e2329
+@patch
+@torch.no_grad()
+def loglikelihood(self: LMAdapter, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
+                  progress: bool = False, desc: str = "log-likelihood") -> list[tuple[float, bool]]:
+    "For (context ids, continuation ids) pairs: the summed log-probability of the continuation and whether greedy decoding would produce it."
+    rows: dict[tuple, int] = {}                       # distinct input rows: shared by requests with the same prefix
+    spec = []
+    for ctx, cont in requests:
+        if len(cont) == 0: raise ValueError("every continuation must have at least one token")
+        full = (list(ctx) + list(cont))[-(self.max_length + 1):]
+        inp = tuple(full[:-1])
+        if not inp: raise ValueError("a request needs at least one context token")
+        spec.append((rows.setdefault(inp, len(rows)), len(cont), list(cont)))
+    keys = sorted(rows, key=len, reverse=True)         # longest first: padding stays small
+    scores: dict[int, Tensor] = {}
+    for b in tqdm(range(0, len(keys), batch_size), desc=desc, disable=not progress, leave=False):
+        chunk = keys[b:b + batch_size]
+        T = len(chunk[0])
+        ids = torch.zeros(len(chunk), T, dtype=torch.long)
+        for i, k in enumerate(chunk): ids[i, :len(k)] = torch.tensor(k)
+        logp = torch.log_softmax(self.logits(ids).float(), -1)           # (B, T, V)
+        for i, k in enumerate(chunk): scores[rows[k]] = logp[i, :len(k)].cpu()
+    out = []
+    for r, n, cont in spec:
+        lp = scores[r][-n:]                                                # (n, V): the positions predicting cont
+        target = torch.tensor(cont)
+        out.append((float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+    return out
+
+# %% ../nbs/10_evaluation.ipynb #bf5c1ee1
+@torch.no_grad()
+def perplexity(model: torch.nn.Module | LMAdapter, tokenizer: Any, text: str, *, max_length: int | None = None,
+               batch_size: int = 8, progress: bool = False) -> dict:
+    "Mean loss (nats/token), perplexity and bits per byte of `text`, in non-overlapping windows; the first token is predicted after EOS/BOS when the tokenizer has one."
+    lm = model if isinstance(model, LMAdapter) else LMAdapter(model, tokenizer)
+    if not isinstance(text, str) or not text: raise ValueError("text must be a non-empty str")
+    L = min(max_length or lm.max_length, lm.max_length)
+    ids = lm.tok.encode(text)
+    start = [lm.tok.eos_id] if lm.tok.eos_id is not None and (not ids or ids[0] != lm.tok.eos_id) else []
+    data = torch.tensor(start + ids, dtype=torch.long)
+    n_pred = len(data) - 1
+    if n_pred < 1: raise ValueError("text must encode to at least 2 tokens (or 1 with an EOS/BOS token)")
+    wins = [(s, min(L, n_pred - s)) for s in range(0, n_pred, L)]
+    full = [s for s, l in wins if l == L]            # full windows batched; the shorter last one on its own
+    groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[s] for s, l in wins if l < L]
+    total = 0.0
+    for g in tqdm(groups, desc="perplexity", disable=not progress, leave=False):
+        l = min(L, n_pred - g[0])
+        x = torch.stack([data[s:s + l] for s in g])                      # (B, l)
+        y = torch.stack([data[s + 1:s + 1 + l] for s in g])              # (B, l): the next tokens
+        logp = torch.log_softmax(lm.logits(x).float(), -1).cpu()         # (B, l, V)
+        total -= float(logp.gather(-1, y[..., None]).sum())
+    n_bytes = len(text.encode("utf-8"))
+    loss = total / n_pred
+    return dict(loss=loss, perplexity=math.exp(loss), bits_per_byte=total / (math.log(2) * n_bytes),
+                tokens=n_pred, bytes=n_bytes)
+
+# %% ../nbs/10_evaluation.ipynb #d5d9226d
+def _subject_name(subject: str) -> str: return subject.replace("_", " ")
+
+def mmlu_question(example: dict, answer: str | None = None, *, style: str = "letter") -> str:
+    "One question block; with `answer` it ends 'Answer: B' (style 'letter') or 'Answer: The correct answer is B.' (style 'sentence')."
+    q = example["question"].strip() + "\n" + "".join(f"{l}. {c}\n" for l, c in zip(LETTERS, example["choices"])) + "Answer:"
+    if answer is None: return q
+    return q + (f" {answer}" if style == "letter" else f" The correct answer is {answer}.")
+
+def mmlu_prompt(example: dict, shots: Sequence[dict] = (), *, style: str = "letter") -> str:
+    "The k-shot prompt for `example`: the subject line, the solved `shots`, then the question ending 'Answer:'."
+    if style not in ("letter", "sentence"): raise ValueError(f"style must be 'letter' or 'sentence', got {style!r}")
+    head = f"The following are multiple choice questions (with answers) about {_subject_name(example['subject'])}.\n\n"
+    return head + "".join(mmlu_question(s, s["answer"], style=style) + "\n\n" for s in shots) + mmlu_question(example)
+
+# %% ../nbs/10_evaluation.ipynb #bdf9b537
+def _shots_by_subject(dev: Sequence[dict], k: int) -> dict[str, list[dict]]:
+    "The first `k` dev questions of each subject (lm-evaluation-harness's `first_n` sampler)."
+    by = defaultdict(list)
+    for e in dev: by[e["subject"]].append(e)
+    if k > 5: raise ValueError(f"shots must be at most 5 (MMLU's dev split has 5 questions per subject), got {k}")
+    return {s: v[:k] for s, v in by.items()}
+
+def mmlu_accuracy(examples: Sequence[dict], predictions: Sequence[str | None]) -> dict:
+    "Micro accuracy (over questions), macro accuracy (mean over subjects) and per-subject accuracy with counts."
+    if len(examples) != len(predictions): raise ValueError(f"{len(examples)} examples but {len(predictions)} predictions")
+    if not examples: raise ValueError("no examples to score")
+    per = defaultdict(lambda: [0, 0])
+    for e, p in zip(examples, predictions):
+        per[e["subject"]][0] += p == e["answer"]; per[e["subject"]][1] += 1
+    subj = {s: dict(accuracy=c / n, n=n) for s, (c, n) in sorted(per.items())}
+    return dict(accuracy=sum(c for c, _ in per.values()) / len(examples),
+                macro_accuracy=float(np.mean([v["accuracy"] for v in subj.values()])), n=len(examples), chance=0.25,
+                unparsed=sum(p is None for p in predictions) / len(predictions), per_subject=subj)
+
+# %% ../nbs/10_evaluation.ipynb #60bb8209
+def evaluate_mmlu(model: torch.nn.Module | LMAdapter, tokenizer: Any = None, *, shots: int = 5, limit: int | None = None,
+                  subjects: Sequence[str] | None = None, split: str = "val", method: str = "loglikelihood",
+                  batch_size: int = 8, max_new_tokens: int = 12, progress: bool = True, path: str | Path | None = None) -> dict:
+    "MMLU accuracy of `model`: `method` 'loglikelihood' (the likeliest answer letter) or 'generate' (parse 'The correct answer is X'); `limit` questions per subject."
+    if method not in ("loglikelihood", "generate"): raise ValueError(f"method must be 'loglikelihood' or 'generate', got {method!r}")
+    if not isinstance(shots, int) or shots < 0: raise ValueError(f"shots must be an int >= 0, got {shots!r}")
+    lm = model if isinstance(model, LMAdapter) else LMAdapter(model, tokenizer)
+    examples = load_mmlu(split, subjects, limit=limit, path=path)
+    fewshot = _shots_by_subject(load_mmlu("dev", subjects, path=path), shots)
+    style = "letter" if method == "loglikelihood" else "sentence"
+    prompts = [mmlu_prompt(e, fewshot[e["subject"]], style=style) for e in examples]
+    if method == "loglikelihood":
+        reqs = [encode_pair(lm.tok, p, " " + l) for p in prompts for l in LETTERS]
+        ll = lm.loglikelihood(reqs, batch_size=batch_size, progress=progress, desc=f"MMLU {shots}-shot")
+        scores = np.array([s for s, _ in ll]).reshape(len(examples), 4)
+        preds = [LETTERS[i] for i in scores.argmax(1)]
+    else:
+        outs = lm.generate([lm.tok.encode(p) for p in prompts], max_new_tokens, batch_size=batch_size, progress=progress,
+                           desc=f"MMLU {shots}-shot (generate)")
+        texts = [lm.tok.decode(o) for o in outs]
+        preds = [parse_mmlu_response(e, t) for e, t in zip(examples, texts)]
+    res = mmlu_accuracy(examples, preds)
+    res.update(method=method, shots=shots, predictions=preds)
+    return res
+
+# %% ../nbs/10_evaluation.ipynb #9b44d08a
+def gsm8k_solution(solution: str) -> str:
+    "A reference solution as a chain of thought: calculator annotations removed, '#### N' replaced by 'The answer is N.'"
+    body, final = solution.rsplit("####", 1) if "####" in solution else (solution, None)
+    body = re.sub(r"<<[^>]*>>", "", body).strip()
+    return body if final is None else f"{body}\nThe answer is {final.strip()}."
+
+def gsm8k_prompt(question: str, shots: Sequence[dict] = ()) -> str:
+    "The k-shot chain-of-thought prompt: solved 'Question: ... Answer: ...' blocks, then the question, ending 'Answer:'."
+    return "".join(f"Question: {s['question']}\nAnswer: {gsm8k_solution(s['answer'])}\n\n" for s in shots) + \
+        f"Question: {question}\nAnswer:"
+
+def _cut_at_stop(text: str, stops: Sequence[str] = ("\n\n", "Question:")) -> str:
+    "The generated text up to the first stop sequence."
+    cut = min([i for s in stops if (i := text.find(s)) >= 0], default=len(text))
+    return text[:cut]
+
+# %% ../nbs/10_evaluation.ipynb #09f986d1
+def evaluate_gsm8k(model: torch.nn.Module | LMAdapter, tokenizer: Any = None, *, shots: int = 5, limit: int | None = None,
+                   max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True, path: str | Path | None = None) -> dict:
+    "GSM8K exact match of `model` with k-shot chain of thought (greedy), on the first `limit` test problems."
+    if not isinstance(shots, int) or shots < 0: raise ValueError(f"shots must be an int >= 0, got {shots!r}")
+    lm = model if isinstance(model, LMAdapter) else LMAdapter(model, tokenizer)
+    problems = load_gsm8k("test", limit=limit, path=path)
+    fewshot = load_gsm8k("train", limit=shots, path=path) if shots else []
+    prompts = [lm.tok.encode(gsm8k_prompt(p["question"], fewshot)) for p in problems]
+    outs = lm.generate(prompts, max_new_tokens, batch_size=batch_size, progress=progress, desc=f"GSM8K {shots}-shot")
+    texts = [_cut_at_stop(lm.tok.decode(o)) for o in outs]
+    preds = [parse_gsm8k_response(t) for t in texts]
+    hits = [gsm8k_match(p, x["target"]) for p, x in zip(preds, problems)]
+    return dict(exact_match=sum(hits) / len(hits), n=len(hits), unparsed=sum(p is None for p in preds) / len(preds),
+                shots=shots, predictions=preds, outputs=texts)
+
+# %% ../nbs/10_evaluation.ipynb #948611ae
+TASKS = {"mmlu": "MMLU, likelihood of the answer letter (accuracy)",
+         "mmlu_generate": "MMLU, free generation parsed (accuracy)",
+         "gsm8k": "GSM8K, chain of thought, exact match",
+         "perplexity": "loss, perplexity and bits per byte of held-out text"}
+
+def _check_tasks(tasks: str | Sequence[str]) -> list[str]:
+    "Task names from a list or a comma-separated string; unknown ones rejected with the known ones listed."
+    names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+    if not names or any(not t for t in names): raise ValueError(f"tasks must name at least one task; known: {', '.join(TASKS)}")
+    if bad := [t for t in names if t not in TASKS]: raise ValueError(f"unknown task(s) {bad}; known: {', '.join(TASKS)}")
+    return names
+
+class EvalResults(dict):
+    "Results by task (a dict) that shows itself as a markdown table."
+    _MAIN = {"mmlu": ("accuracy", "macro_accuracy"), "mmlu_generate": ("accuracy", "unparsed"),
+             "gsm8k": ("exact_match", "unparsed"), "perplexity": ("bits_per_byte", "perplexity")}
+    def table(self) -> str:
+        "A markdown table: task, main metrics, n, questions per second."
+        rows = ["| task | metric | value | n | items/s |", "|---|---|---|---|---|"]
+        for t, r in self.items():
+            for m in self._MAIN.get(t, ()):
+                rows.append(f"| {t} | {m} | {r[m]:.4g} | {r.get('n', r.get('tokens', ''))} | {r.get('items_per_s', float('nan')):.3g} |")
+        return "\n".join(rows)
+    def _repr_markdown_(self) -> str: return self.table()
+    def __str__(self) -> str: return self.table()
+
+# %% ../nbs/10_evaluation.ipynb #5bba4f2b
+def evaluate(model: torch.nn.Module, tokenizer: Any, tasks: str | Sequence[str] = ("mmlu", "gsm8k", "perplexity"), *,
+             shots: int = 5, limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 256,
+             subjects: Sequence[str] | None = None, perplexity_text: str | None = None, max_length: int | None = None,
+             progress: bool = True) -> EvalResults:
+    "Run `tasks` (see `TASKS`) on our `TransformerLM` or a Hugging Face causal LM; returns results by task, printable as a table."
+    names = _check_tasks(tasks)
+    lm = model if isinstance(model, LMAdapter) else LMAdapter(model, tokenizer, max_length=max_length)
+    out = EvalResults()
+    for t in names:
+        t0 = time.perf_counter()
+        if t in ("mmlu", "mmlu_generate"):
+            r = evaluate_mmlu(lm, shots=shots, limit=limit, subjects=subjects, batch_size=batch_size, progress=progress,
+                              method="loglikelihood" if t == "mmlu" else "generate")
+        elif t == "gsm8k":
+            r = evaluate_gsm8k(lm, shots=shots, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+        else:
+            from cs336_nb.corpora import load_text
+            r = perplexity(lm, None, perplexity_text or load_text("wiki_reference"), batch_size=batch_size, progress=progress)
+        r["seconds"] = time.perf_counter() - t0
+        r["items_per_s"] = r.get("n", r.get("tokens", 0)) / max(r["seconds"], 1e-9)
+        out[t] = r
+    return out
