@@ -460,6 +460,7 @@ def _data(args) -> int:
 # %% ../nbs/00b_cli.ipynb #1134a073
 LECTURE_COMMANDS = {  # subcommand -> (module, function, help); the lecture's function parses its own arguments
     "train": ("cs336_nb.training", "train_cli", "train a language model: cs336-nb train --config FILE [-o key=value ...]"),
+    "generate": ("cs336_nb.inference", "generate_cli", "stream a continuation: cs336-nb generate (--checkpoint PATH | --hf NAME_OR_DIR) --prompt ..."),
 }
 
 def _lecture_command(name: str, rest: list[str]) -> int:
