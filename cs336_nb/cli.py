@@ -461,6 +461,7 @@ def _data(args) -> int:
 LECTURE_COMMANDS = {  # subcommand -> (module, function, help); the lecture's function parses its own arguments
     "train": ("cs336_nb.training", "train_cli", "train a language model: cs336-nb train --config FILE [-o key=value ...]"),
     "generate": ("cs336_nb.inference", "generate_cli", "stream a continuation: cs336-nb generate (--checkpoint PATH | --hf NAME_OR_DIR) --prompt ..."),
+    "eval": ("cs336_nb.evaluation", "eval_cli", "evaluate a model: cs336-nb eval (--checkpoint PATH | --hf NAME_OR_DIR) --tasks mmlu,gsm8k --shots 5 [--limit N] [--out FILE]"),
 }
 
 def _lecture_command(name: str, rest: list[str]) -> int:

@@ -27,10 +27,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['LETTERS', 'TASKS', 'mmlu_subjects', 'load_mmlu', 'extract_gsm8k_answer', 'load_gsm8k', 'parse_gsm8k_response',
-           'gsm8k_match', 'parse_mmlu_response', 'TokenizerAdapter', 'LMAdapter', 'encode_pair', 'perplexity',
-           'mmlu_question', 'mmlu_prompt', 'mmlu_accuracy', 'evaluate_mmlu', 'gsm8k_solution', 'gsm8k_prompt',
-           'evaluate_gsm8k', 'EvalResults', 'evaluate']
+__all__ = ['LETTERS', 'TASKS', 'IFEVAL_CHECKS', 'JUDGE_TEMPLATE', 'ELO_SCALE', 'mmlu_subjects', 'load_mmlu',
+           'extract_gsm8k_answer', 'load_gsm8k', 'parse_gsm8k_response', 'gsm8k_match', 'parse_mmlu_response',
+           'TokenizerAdapter', 'LMAdapter', 'encode_pair', 'perplexity', 'mmlu_question', 'mmlu_prompt',
+           'mmlu_accuracy', 'evaluate_mmlu', 'plot_mmlu', 'gsm8k_solution', 'gsm8k_prompt', 'evaluate_gsm8k',
+           'EvalResults', 'evaluate', 'load_for_eval', 'eval_cli', 'pass_at_k', 'pass_at_k_brute_force',
+           'check_instruction', 'ifeval_score', 'judge_prompt', 'parse_judge', 'length_controlled_win_rate',
+           'bradley_terry', 'online_elo', 'simulate_votes', 'normalize_words', 'ngrams', 'contamination']
 
 # %% ../nbs/10_evaluation.ipynb #3330910d
 _MMLU_URL = "https://people.eecs.berkeley.edu/~hendrycks/data.tar"
@@ -173,7 +176,7 @@ class LMAdapter:
 # %% ../nbs/10_evaluation.ipynb #d1733b80
 @torch.no_grad()
 def _greedy_loop(model, ids: Tensor, n: int, ctx: int) -> Tensor:
-    "Greedy decoding without a cache: the whole (truncated) prefix through the model at every step."
+    "Greedy decoding without a cache, one row (1, T): the whole (truncated) prefix through the model at every step."
     for _ in range(n):
         nxt = model(ids[:, -ctx:])[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)
@@ -181,41 +184,37 @@ def _greedy_loop(model, ids: Tensor, n: int, ctx: int) -> Tensor:
 
 @patch
 @torch.no_grad()
-def _generate_rows(self: LMAdapter, rows: Tensor, n: int) -> Tensor:
-    "New tokens (B, n) for equal-length prompt rows (B, T), greedy."
-    m, eos = self.model, self.tok.eos_id
-    if self.is_hf:
-        pad = eos if eos is not None else 0
-        out = m.generate(rows, attention_mask=torch.ones_like(rows), max_new_tokens=n, do_sample=False,
-                         pad_token_id=pad, eos_token_id=eos)
-    elif hasattr(m, "generate"):
-        out = m.generate(rows, n, temperature=1.0, top_k=1, eos_id=eos)
-    else:
-        out = _greedy_loop(m, rows, n, self.max_length)
-    new = out[:, rows.shape[1]:]
-    if new.shape[1] < n:  # stopped early at EOS in every row: pad with EOS
-        new = torch.cat([new, new.new_full((new.shape[0], n - new.shape[1]), eos if eos is not None else 0)], 1)
-    return new
+def _generate_rows(self: LMAdapter, prompts: list[list[int]], n: int) -> list[list[int]]:
+    "Up to `n` greedy new tokens for each of a batch of (ragged) token-id prompts."
+    m, eos, dev = self.model, self.tok.eos_id, self.device
+    pad, lens = eos if eos is not None else 0, [len(p) for p in prompts]
+    if self.is_hf:                                        # left-padded, masked: transformers' layout
+        T = max(lens)
+        ids = torch.tensor([[pad] * (T - len(p)) + p for p in prompts], device=dev)
+        mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts], device=dev)
+        out = m.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+        return out[:, T:].tolist()
+    if hasattr(m, "generate"):                            # ours: ragged rows, row b continues after its own prompt
+        out = m.generate(prompts, n, temperature=1.0, top_k=1, eos_id=eos).tolist()
+        return [row[L:L + n] for row, L in zip(out, lens)]
+    return [_greedy_loop(m, torch.tensor([p], device=dev), n, self.max_length)[0, len(p):].tolist() for p in prompts]
 
 # %% ../nbs/10_evaluation.ipynb #e584f90e
 @patch
 def generate(self: LMAdapter, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, batch_size: int = 8,
-              progress: bool = False, desc: str = "generating") -> list[list[int]]:
+             progress: bool = False, desc: str = "generating") -> list[list[int]]:
     "Greedy continuations (new token ids, cut at EOS) of token-id prompts; prompts left-truncated to fit the context."
     if max_new_tokens < 1: raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if max_new_tokens >= self.max_length: raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in context {self.max_length}")
     keep = self.max_length - max_new_tokens
-    prompts = [list(p)[-keep:] for p in prompts]
+    prompts = [[int(t) for t in p][-keep:] for p in prompts]
     if any(len(p) == 0 for p in prompts): raise ValueError("every prompt must encode to at least one token")
-    by_len = defaultdict(list)
-    for i, p in enumerate(prompts): by_len[len(p)].append(i)
-    groups = [idx[j:j + batch_size] for L in sorted(by_len) for idx in [by_len[L]] for j in range(0, len(idx), batch_size)]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))      # similar lengths share a batch
     out: list[list[int]] = [[] for _ in prompts]
-    for g in tqdm(groups, desc=desc, disable=not progress, leave=False):
-        rows = torch.tensor([prompts[i] for i in g], dtype=torch.long, device=self.device)
-        new = self._generate_rows(rows, max_new_tokens).tolist()
-        for i, ids in zip(g, new):
-            eos = self.tok.eos_id
+    eos = self.tok.eos_id
+    for b in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        g = order[b:b + batch_size]
+        for i, ids in zip(g, self._generate_rows([prompts[i] for i in g], max_new_tokens)):
             out[i] = ids[:ids.index(eos)] if eos is not None and eos in ids else ids
     return out
 
@@ -337,17 +336,34 @@ def evaluate_mmlu(model: torch.nn.Module | LMAdapter, tokenizer: Any = None, *, 
         reqs = [encode_pair(lm.tok, p, " " + l) for p in prompts for l in LETTERS]
         ll = lm.loglikelihood(reqs, batch_size=batch_size, progress=progress, desc=f"MMLU {shots}-shot")
         scores = np.array([s for s, _ in ll]).reshape(len(examples), 4)
-        preds = [LETTERS[i] for i in scores.argmax(1)]
+        preds = [LETTERS[i] for i in scores.argmax(1)]             # ties: the first letter, as np.argmax in lm-eval
     else:
+        scores = None
         outs = lm.generate([lm.tok.encode(p) for p in prompts], max_new_tokens, batch_size=batch_size, progress=progress,
                            desc=f"MMLU {shots}-shot (generate)")
         texts = [lm.tok.decode(o) for o in outs]
         preds = [parse_mmlu_response(e, t) for e, t in zip(examples, texts)]
     res = mmlu_accuracy(examples, preds)
-    res.update(method=method, shots=shots, predictions=preds)
+    res.update(method=method, shots=shots, predictions=preds, scores=None if scores is None else scores.tolist())
     return res
 
-# %% ../nbs/10_evaluation.ipynb #9b44d08a
+# %% ../nbs/10_evaluation.ipynb #bf3fcc06
+def plot_mmlu(results: dict | Sequence[tuple[str, dict]], *, ax=None, top: int | None = None):
+    "Per-subject accuracy bars of one or more MMLU results (label, result), with the 25% chance line and each macro average."
+    import matplotlib.pyplot as plt
+    runs = [("model", results)] if isinstance(results, dict) else list(results)
+    subj = sorted(runs[0][1]["per_subject"])[:top]
+    if ax is None: _, ax = plt.subplots(figsize=(max(6, 0.22 * len(subj) * len(runs) + 2), 3.6))
+    w = 0.8 / len(runs)
+    for k, (label, r) in enumerate(runs):
+        acc = [r["per_subject"][s]["accuracy"] for s in subj]
+        ax.bar(np.arange(len(subj)) + k * w, acc, w, label=f"{label} (macro {r['macro_accuracy']:.3f})")
+    ax.axhline(0.25, color="k", ls="--", lw=1, label="chance (25%)")
+    ax.set_xticks(np.arange(len(subj)) + 0.4 - w / 2, [s.replace("_", " ") for s in subj], rotation=70, ha="right", fontsize=7)
+    ax.set(ylabel="accuracy", ylim=(0, 1), title="MMLU accuracy per subject"); ax.legend(fontsize=8)
+    return ax
+
+# %% ../nbs/10_evaluation.ipynb #019dd619
 def gsm8k_solution(solution: str) -> str:
     "A reference solution as a chain of thought: calculator annotations removed, '#### N' replaced by 'The answer is N.'"
     body, final = solution.rsplit("####", 1) if "####" in solution else (solution, None)
@@ -364,7 +380,7 @@ def _cut_at_stop(text: str, stops: Sequence[str] = ("\n\n", "Question:")) -> str
     cut = min([i for s in stops if (i := text.find(s)) >= 0], default=len(text))
     return text[:cut]
 
-# %% ../nbs/10_evaluation.ipynb #09f986d1
+# %% ../nbs/10_evaluation.ipynb #bed8c293
 def evaluate_gsm8k(model: torch.nn.Module | LMAdapter, tokenizer: Any = None, *, shots: int = 5, limit: int | None = None,
                    max_new_tokens: int = 256, batch_size: int = 8, progress: bool = True, path: str | Path | None = None) -> dict:
     "GSM8K exact match of `model` with k-shot chain of thought (greedy), on the first `limit` test problems."
@@ -380,7 +396,7 @@ def evaluate_gsm8k(model: torch.nn.Module | LMAdapter, tokenizer: Any = None, *,
     return dict(exact_match=sum(hits) / len(hits), n=len(hits), unparsed=sum(p is None for p in preds) / len(preds),
                 shots=shots, predictions=preds, outputs=texts)
 
-# %% ../nbs/10_evaluation.ipynb #948611ae
+# %% ../nbs/10_evaluation.ipynb #36513572
 TASKS = {"mmlu": "MMLU, likelihood of the answer letter (accuracy)",
          "mmlu_generate": "MMLU, free generation parsed (accuracy)",
          "gsm8k": "GSM8K, chain of thought, exact match",
@@ -407,7 +423,7 @@ class EvalResults(dict):
     def _repr_markdown_(self) -> str: return self.table()
     def __str__(self) -> str: return self.table()
 
-# %% ../nbs/10_evaluation.ipynb #5bba4f2b
+# %% ../nbs/10_evaluation.ipynb #ddc10549
 def evaluate(model: torch.nn.Module, tokenizer: Any, tasks: str | Sequence[str] = ("mmlu", "gsm8k", "perplexity"), *,
              shots: int = 5, limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 256,
              subjects: Sequence[str] | None = None, perplexity_text: str | None = None, max_length: int | None = None,
@@ -430,3 +446,252 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, tasks: str | Sequence[str] 
         r["items_per_s"] = r.get("n", r.get("tokens", 0)) / max(r["seconds"], 1e-9)
         out[t] = r
     return out
+
+# %% ../nbs/10_evaluation.ipynb #545d7b45
+def _trained_config(ckpt: Path, state: dict) -> dict:
+    "The TrainConfig dict of a checkpoint: in its `extra`, else in the run's result.json beside it."
+    cfg = (state.get("extra") or {}).get("config")
+    if cfg is None and (ckpt.parent / "result.json").exists(): cfg = json.loads((ckpt.parent / "result.json").read_text()).get("config")
+    if cfg is None: raise ValueError(f"{ckpt} holds no training config and there is no result.json beside it: pass a checkpoint from cs336-nb train")
+    return cfg
+
+def load_for_eval(checkpoint: str | Path | None = None, hf: str | None = None, *, tokenizer_dir: str | Path | None = None,
+                  convert: bool = False, device: str | torch.device | None = None) -> tuple[torch.nn.Module, Any]:
+    "(model, tokenizer) from our training checkpoint or a Hugging Face model name/folder (`convert`: into our TransformerLM)."
+    if (checkpoint is None) == (hf is None): raise ValueError("give exactly one of checkpoint= (ours) or hf= (a Hugging Face name or folder)")
+    from cs336_nb.core import get_device
+    device = get_device(device)
+    if hf is not None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tok, model = AutoTokenizer.from_pretrained(hf), AutoModelForCausalLM.from_pretrained(hf)
+        if convert:
+            from cs336_nb.model import TransformerLM
+            model = TransformerLM.from_hf(model)
+        return model.to(device).eval(), tok
+    from cs336_nb.tokenization import Tokenizer
+    from cs336_nb.training import TrainConfig, build_model, load_checkpoint
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file(): raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+    cfg = TrainConfig.from_dict(_trained_config(ckpt, torch.load(ckpt, map_location="cpu", weights_only=True)))
+    cands = [Path(tokenizer_dir)] if tokenizer_dir else [Path(cfg.data_dir) if cfg.data_dir else Path(cfg.out_dir) / "data", ckpt.parent / "data"]
+    tdir = next((d for d in cands if (d / "vocab.json").exists() and (d / "merges.txt").exists()), None)
+    if tdir is None: raise FileNotFoundError(f"no tokenizer (vocab.json, merges.txt) in {', '.join(map(str, cands))}: pass tokenizer_dir=")
+    tok = Tokenizer.from_files(tdir / "vocab.json", tdir / "merges.txt", ["<|endoftext|>"])
+    model = build_model(cfg, len(tok.vocab), device)
+    load_checkpoint(ckpt, model)
+    return model.eval(), tok
+
+# %% ../nbs/10_evaluation.ipynb #023bbbeb
+def _jsonable(r: dict) -> dict:
+    "Results without the bulky per-question lists, for printing."
+    return {t: {k: v for k, v in d.items() if k not in ("predictions", "scores", "outputs")} for t, d in r.items()}
+
+def eval_cli(argv: Sequence[str] | None = None) -> int:
+    "`cs336-nb eval (--checkpoint PATH | --hf NAME_OR_DIR) --tasks mmlu,gsm8k --shots 5 [--limit N] [--out FILE]`."
+    p = argparse.ArgumentParser(prog="cs336-nb eval", description="Evaluate a model on MMLU, GSM8K and held-out perplexity.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a checkpoint written by `cs336-nb train` (ckpt.pt or best.pt)")
+    src.add_argument("--hf", help="a Hugging Face model name or local folder")
+    p.add_argument("--convert", action="store_true", help="with --hf: load into our TransformerLM (from_hf)")
+    p.add_argument("--tokenizer", default=None, help="folder with vocab.json and merges.txt (default: the run's data folder)")
+    p.add_argument("--tasks", default="mmlu,gsm8k", help=f"comma-separated, from: {', '.join(TASKS)}")
+    p.add_argument("--shots", type=int, default=5); p.add_argument("--limit", type=int, default=None, help="per MMLU subject; GSM8K problems")
+    p.add_argument("--batch-size", type=int, default=8); p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--device", default=None); p.add_argument("--out", default=None, help="write all results (JSON) here")
+    try: a = p.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e: return int(e.code or 0)
+    try:
+        tasks = _check_tasks(a.tasks)
+        model, tok = load_for_eval(a.checkpoint, a.hf, tokenizer_dir=a.tokenizer, convert=a.convert, device=a.device)
+        res = evaluate(model, tok, tasks, shots=a.shots, limit=a.limit, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"cs336-nb eval: {e}", file=sys.stderr); return 2
+    print(res.table())
+    print(json.dumps(_jsonable(res), indent=1, default=float))
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1, default=float))
+    return 0
+
+# %% ../nbs/10_evaluation.ipynb #6f9138bc
+def pass_at_k(n: int, c: int, k: int) -> float:
+    "Unbiased pass@k from n samples of which c are correct (Chen et al. 2107.03374), in the numerically stable product form."
+    for name, v in (("n", n), ("c", c), ("k", k)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)): raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    if not (0 <= c <= n and 1 <= k <= n): raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k: return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+def pass_at_k_brute_force(correct: Sequence[bool], k: int) -> float:
+    "pass@k by enumerating every k-subset of the samples: the definition the estimator must equal."
+    subsets = list(itertools.combinations(range(len(correct)), k))
+    return sum(any(correct[i] for i in s) for s in subsets) / len(subsets)
+
+# %% ../nbs/10_evaluation.ipynb #72119d8f
+def _words(text: str) -> list[str]: return re.findall(r"\b\w+\b", text)
+
+IFEVAL_CHECKS: dict[str, Callable[..., bool]] = {
+    "max_words": lambda r, n: len(_words(r)) <= n,                        # "Answer in at most n words."
+    "min_words": lambda r, n: len(_words(r)) >= n,
+    "no_comma": lambda r: "," not in r,                                   # "Do not use any commas."
+    "lowercase": lambda r: r == r.lower(),                                # "Your entire response should be in lowercase."
+    "uppercase": lambda r: r == r.upper(),
+    "keywords": lambda r, words: all(re.search(rf"\b{re.escape(w)}\b", r, re.I) for w in words),
+    "forbidden_words": lambda r, words: not any(re.search(rf"\b{re.escape(w)}\b", r, re.I) for w in words),
+    "bullets": lambda r, n: len(re.findall(r"^\s*[*-]\s", r, re.M)) == n,  # "exactly n bullet points"
+    "ends_with": lambda r, phrase: r.strip().endswith(phrase),
+    "json": lambda r: _is_json(r),                                        # "Wrap the whole output in JSON."
+}
+
+def _is_json(r: str) -> bool:
+    "Whether the response (optionally in a ```json fence) parses as JSON."
+    s = re.sub(r"^```(?:json)?\s*|\s*```$", "", r.strip())
+    try: json.loads(s); return True
+    except ValueError: return False
+
+# %% ../nbs/10_evaluation.ipynb #d6194790
+def _loose_variants(r: str) -> list[str]:
+    "IFEval's loose variants: markdown emphasis removed, first and/or last line dropped."
+    lines = r.split("\n")
+    base = [r, "\n".join(lines[1:]), "\n".join(lines[:-1]), "\n".join(lines[1:-1])]
+    return base + [b.replace("*", "") for b in base]
+
+def check_instruction(response: str, kind: str, *, loose: bool = False, **kwargs) -> bool:
+    "Whether `response` follows one verifiable instruction `kind` (see `IFEVAL_CHECKS`) with its arguments."
+    if kind not in IFEVAL_CHECKS: raise ValueError(f"unknown instruction kind {kind!r}; known: {', '.join(IFEVAL_CHECKS)}")
+    if not isinstance(response, str): raise TypeError(f"response must be a str, got {type(response).__name__}")
+    f = IFEVAL_CHECKS[kind]
+    return any(f(v, **kwargs) for v in (_loose_variants(response) if loose else [response]) if v.strip())
+
+def ifeval_score(responses: Sequence[str], instructions: Sequence[Sequence[dict]], *, loose: bool = False) -> dict:
+    "Prompt-level and instruction-level accuracy; `instructions[i]` is a list of {'kind': ..., **arguments} for response i."
+    if len(responses) != len(instructions): raise ValueError(f"{len(responses)} responses but {len(instructions)} instruction lists")
+    if not responses: raise ValueError("no responses to score")
+    ok = [[check_instruction(r, **ins, loose=loose) for ins in insts] for r, insts in zip(responses, instructions)]
+    return dict(prompt_level=float(np.mean([all(o) for o in ok])), instruction_level=float(np.mean([x for o in ok for x in o])))
+
+# %% ../nbs/10_evaluation.ipynb #30e2ad30
+JUDGE_TEMPLATE = """You are a careful evaluator. Given an instruction and two responses, decide which response follows the instruction better: more helpful, accurate and complete. Do not let the order of the responses or their length affect your decision.
+
+# Instruction
+{instruction}
+
+# Response 1
+{output_1}
+
+# Response 2
+{output_2}
+
+Answer with exactly "Response 1" or "Response 2"."""
+
+def judge_prompt(instruction: str, output_1: str, output_2: str) -> str:
+    "The pairwise judging prompt (AlpacaEval-style): which of two responses is better."
+    return JUDGE_TEMPLATE.format(instruction=instruction.strip(), output_1=output_1.strip(), output_2=output_2.strip())
+
+def parse_judge(output: str) -> int | None:
+    "1 or 2: the response the judge picked (its first mention of 'Response 1'/'Response 2'), else None."
+    m = re.search(r"response\s*([12])", output, re.I)
+    return int(m.group(1)) if m else None
+
+# %% ../nbs/10_evaluation.ipynb #9828a239
+def _logistic_fit(X: np.ndarray, y: np.ndarray, l2: float = 1e-6, iters: int = 50) -> np.ndarray:
+    "Logistic-regression coefficients by Newton's method (a tiny L2 keeps separable data finite)."
+    w = np.zeros(X.shape[1])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-X @ w))
+        g = X.T @ (p - y) + l2 * w
+        H = (X * (p * (1 - p))[:, None]).T @ X + l2 * np.eye(len(w))
+        step = np.linalg.solve(H, g); w -= step
+        if np.abs(step).max() < 1e-10: break
+    return w
+
+def length_controlled_win_rate(preferences: Sequence[float], model_lengths: Sequence[int], baseline_lengths: Sequence[int]) -> dict:
+    "Raw and length-controlled win rate (Dubois et al. 2404.04475) of a model over a baseline from judge preferences in [0, 1]."
+    y, lm_, lb = (np.asarray(a, dtype=float) for a in (preferences, model_lengths, baseline_lengths))
+    if not (len(y) == len(lm_) == len(lb)) or len(y) < 2: raise ValueError("preferences and both length lists must have the same length >= 2")
+    if ((y < 0) | (y > 1)).any(): raise ValueError("preferences must be in [0, 1] (1: the model's output preferred)")
+    d = lm_ - lb
+    x = np.tanh(d / (d.std() or 1.0))
+    theta, phi = _logistic_fit(np.stack([np.ones_like(x), x], 1), y)
+    return dict(win_rate=float(y.mean()), lc_win_rate=float(1 / (1 + np.exp(-theta))), length_coef=float(phi))
+
+# %% ../nbs/10_evaluation.ipynb #a1c2b270
+def _wins_matrix(votes: np.ndarray, m: int) -> np.ndarray:
+    "W[i, j]: wins of i over j (ties half each) from rows (i, j, outcome) with outcome 1 (i won), 0 (j won) or 0.5."
+    W = np.zeros((m, m))
+    i, j, s = votes[:, 0].astype(int), votes[:, 1].astype(int), votes[:, 2]
+    np.add.at(W, (i, j), s); np.add.at(W, (j, i), 1 - s)
+    return W
+
+def _bt_mm(W: np.ndarray, iters: int = 1000, tol: float = 1e-10) -> np.ndarray:
+    "Bradley-Terry log-strengths (mean 0) from a wins matrix by Hunter's MM iteration."
+    N, w = W + W.T, W.sum(1)
+    p = np.ones(len(W))
+    for _ in range(iters):
+        new = w / ((N / (p[:, None] + p[None, :])).sum(1) + 1e-300)
+        new = np.maximum(new, 1e-12); new /= np.exp(np.log(new).mean())
+        if np.abs(np.log(new) - np.log(p)).max() < tol: p = new; break
+        p = new
+    return np.log(p) - np.log(p).mean()
+
+# %% ../nbs/10_evaluation.ipynb #3e768a56
+ELO_SCALE = 400 / math.log(10)
+
+def bradley_terry(votes: Sequence[tuple[int, int, float]], num_models: int | None = None, *, bootstrap: int = 0,
+                  seed: int = 0, ci: float = 0.95) -> dict:
+    "Bradley-Terry ratings on the Elo scale (mean 1000) from (i, j, outcome) votes; with `bootstrap` > 0 also percentile intervals."
+    v = np.asarray(votes, dtype=float)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) == 0: raise ValueError("votes must be a non-empty list of (i, j, outcome) triples")
+    if ((v[:, 2] < 0) | (v[:, 2] > 1)).any(): raise ValueError("outcomes must be in [0, 1]: 1 if i won, 0 if j won, 0.5 a tie")
+    m = int(num_models or v[:, :2].max() + 1)
+    if v[:, :2].min() < 0 or v[:, :2].max() >= m: raise ValueError(f"model indices must be in [0, {m})")
+    W = _wins_matrix(v, m)
+    if (W.sum(1) == 0).any() or (W.sum(0) == 0).any():
+        raise ValueError("every model needs at least one win and one loss for finite Bradley-Terry ratings")
+    out = dict(ratings=1000 + ELO_SCALE * _bt_mm(W))
+    if bootstrap:
+        rng = np.random.default_rng(seed)
+        boots = np.stack([1000 + ELO_SCALE * _bt_mm(_wins_matrix(v[rng.integers(0, len(v), len(v))], m) + 1e-9)
+                          for _ in tqdm(range(bootstrap), desc="bootstrap", leave=False, disable=bootstrap < 200)])
+        a = (1 - ci) / 2
+        out.update(lower=np.quantile(boots, a, 0), upper=np.quantile(boots, 1 - a, 0), samples=boots)
+    return out
+
+def online_elo(votes: Sequence[tuple[int, int, float]], num_models: int, *, k: float = 4.0, start: float = 1000.0) -> np.ndarray:
+    "Sequential Elo ratings (chess-style update after each vote, in the given order)."
+    R = np.full(num_models, start)
+    for i, j, s in votes:
+        e = 1 / (1 + 10 ** ((R[int(j)] - R[int(i)]) / 400))
+        R[int(i)] += k * (s - e); R[int(j)] -= k * (s - e)
+    return R
+
+# %% ../nbs/10_evaluation.ipynb #5c1af80e
+def simulate_votes(ratings: Sequence[float], num_votes: int, *, tie_rate: float = 0.0, seed: int = 0) -> np.ndarray:
+    "Votes (i, j, outcome) between random pairs of models whose true Elo ratings are `ratings` (Bradley-Terry outcomes)."
+    rng, R = np.random.default_rng(seed), np.asarray(ratings, dtype=float)
+    i = rng.integers(0, len(R), num_votes); j = (i + rng.integers(1, len(R), num_votes)) % len(R)
+    p = 1 / (1 + 10 ** ((R[j] - R[i]) / 400))
+    s = (rng.random(num_votes) < p).astype(float)
+    s[rng.random(num_votes) < tie_rate] = 0.5
+    return np.stack([i, j, s], 1)
+
+# %% ../nbs/10_evaluation.ipynb #c4019087
+def normalize_words(text: str) -> list[str]:
+    "Lowercased words with punctuation removed: the units of the n-gram overlap check."
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+def ngrams(words: Sequence[str], n: int = 13) -> set[tuple[str, ...]]:
+    "The set of n-grams of a word list (the whole list when it is shorter than n)."
+    if n < 1: raise ValueError(f"n must be >= 1, got {n}")
+    if len(words) < n: return {tuple(words)} if words else set()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+def contamination(benchmark: Sequence[str], corpus: str | Iterable[str], *, n: int = 13, progress: bool = False) -> dict:
+    "Which benchmark items share an n-gram with the training corpus (a text or an iterable of documents)."
+    if isinstance(benchmark, str) or not len(benchmark): raise ValueError("benchmark must be a non-empty list of texts")
+    seen: set[int] = set()
+    for doc in tqdm([corpus] if isinstance(corpus, str) else corpus, desc="corpus n-grams", disable=not progress, leave=False):
+        w = normalize_words(doc)
+        seen.update(hash(tuple(w[i:i + n])) for i in range(max(len(w) - n + 1, 0)))
+        if len(w) < n: seen.add(hash(tuple(w)))
+    hits = [i for i, item in enumerate(benchmark) if any(hash(g) in seen for g in ngrams(normalize_words(item), n))]
+    return dict(contaminated=hits, fraction=len(hits) / len(benchmark), n=len(benchmark), ngram=n)
