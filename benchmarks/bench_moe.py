@@ -1,0 +1,243 @@
+"""Mixture-of-experts layer speed (Lecture 5): `cs336_nb.moe.MoE` forward+backward with each dispatch (the naive
+expert loop with boolean masks, sorted slices, `torch._grouped_mm`, our Triton grouped GEMM) next to a dense SwiGLU
+with the same active FLOPs, and our Triton grouped GEMM next to `torch._grouped_mm` and the dense bf16 matmul ceiling,
+side by side in one run.
+
+bf16 parameters and activations (the router computes in float32), 16K tokens, d_model 2048, two shapes:
+64 fine-grained experts top-8, d_ff 1408, plus 2 shared experts (DeepSeekMoE-like); 8 experts top-2, d_ff 5632
+(Mixtral-like). Random inputs, freshly initialized routers (a roughly balanced load).
+
+    python benchmarks/bench_moe.py                  # on a GPU: print the tables
+    python benchmarks/bench_moe.py --write-results  # ... and write them into benchmarks/RESULTS.md
+    python benchmarks/bench_moe.py --small          # a tiny CPU smoke run (Triton in its interpreter)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+
+from cs336_nb import moe_grouped_gemm as G  # noqa: E402
+from cs336_nb.core import benchmark, describe_device, fmt_flops_per_s  # noqa: E402
+from cs336_nb.model import SwiGLU  # noqa: E402
+from cs336_nb.moe import MoE  # noqa: E402
+from cs336_nb.moe_grouped_gemm import grouped_mm, random_offs  # noqa: E402
+
+SECTION = "## Mixture of experts (Lecture 5)"
+BEGIN, END = "<!-- bench_moe.py: begin -->", "<!-- bench_moe.py: end -->"
+FULL = dict(tokens=16384, d_model=2048, shapes=[dict(name="64 experts top-8, d_ff 1408, 2 shared", num_experts=64, top_k=8,
+                                                      d_ff=1408, num_shared_experts=2),
+                                                 dict(name="8 experts top-2, d_ff 5632 (Mixtral-like)", num_experts=8, top_k=2,
+                                                      d_ff=5632, num_shared_experts=0)])
+SMALL = dict(tokens=48, d_model=32, shapes=[dict(name="8 experts top-2, d_ff 16, 1 shared", num_experts=8, top_k=2, d_ff=16,
+                                                  num_shared_experts=1),
+                                             dict(name="4 experts top-2, d_ff 64", num_experts=4, top_k=2, d_ff=64,
+                                                  num_shared_experts=0)])
+DISPATCHES = ("naive", "sorted", "grouped", "triton")
+
+
+def active_flops(tokens: int, d_model: int, s: dict, backward: bool = True) -> float:
+    "Matmul FLOPs of the layer: every token through k routed and the shared SwiGLU experts (3 matmuls each) and the router."
+    d_ff_active = s["top_k"] * s["d_ff"] + s["num_shared_experts"] * s["d_ff"]
+    fwd = 2 * tokens * d_model * (3 * d_ff_active + s["num_experts"])
+    return fwd * (3 if backward else 1)
+
+
+def _fwd_bwd(module, x, dout):
+    "A closure running module(x) forward and backward with the given output gradient."
+    def step():
+        y = module(x)
+        torch.autograd.backward(y, dout)
+    return step
+
+
+def _time(step, reps: int, device) -> float:
+    t = benchmark(step, warmup=2 if device.type == "cuda" else 1, reps=reps, device=device).median
+    if device.type == "cuda": torch.cuda.empty_cache()
+    return t
+
+
+def bench_layer(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> dict:
+    "Seconds per forward+backward of the MoE layer with each dispatch and of the dense SwiGLU of equal active FLOPs."
+    torch.manual_seed(0)
+    moe = MoE(d_model, s["d_ff"], s["num_experts"], s["top_k"], num_shared_experts=s["num_shared_experts"],
+              device=device, dtype=dtype)
+    x = torch.randn(tokens, d_model, device=device, dtype=dtype, requires_grad=True)
+    dout = torch.randn(tokens, d_model, device=device, dtype=dtype)
+    out, ref = {}, None
+    for name in DISPATCHES:
+        moe.dispatch = name
+        with torch.no_grad(): y = moe(x).float()
+        ref = y if ref is None else ref
+        out[f"err_{name}"] = ((y - ref).norm() / ref.norm()).item()     # vs the naive loop, same weights
+        out[name] = _time(_fwd_bwd(moe, x, dout), reps, device)
+    d_ff_dense = (s["top_k"] + s["num_shared_experts"]) * s["d_ff"]
+    dense = SwiGLU(d_model, d_ff_dense, device=device, dtype=dtype)
+    out["dense"] = _time(_fwd_bwd(dense, x, dout), reps, device)
+    out["d_ff_dense"] = d_ff_dense
+    return out
+
+
+def bench_gemm(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> dict:
+    "Seconds per forward+backward of the first expert projection, (S, d) x (d, d_ff) per expert: Triton, torch, dense."
+    E, k, dff = s["num_experts"], s["top_k"], s["d_ff"]
+    offs = random_offs(tokens, k, E, device)
+    a = torch.randn(tokens * k, d_model, device=device, dtype=dtype, requires_grad=True)
+    b = (torch.randn(E, dff, d_model, device=device, dtype=dtype) * d_model**-0.5).transpose(1, 2).requires_grad_()
+    w = b[0].detach().contiguous().requires_grad_()
+    dout = torch.randn(tokens * k, dff, device=device, dtype=dtype)
+    def run(f):
+        def step(): torch.autograd.backward(f(), dout)
+        return _time(step, reps, device)
+    return dict(triton=run(lambda: grouped_mm(a, b, offs)), torch=run(lambda: torch._grouped_mm(a, b, offs=offs)),
+                dense=run(lambda: a @ w), flops=3 * 2 * tokens * k * d_model * dff)
+
+
+FWD_TILES = [dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
+             dict(block_m=128, block_n=128, block_k=64, num_warps=4, num_stages=4),
+             dict(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)]
+TN_TILES = [dict(block_m=64, block_k=128, block_n=128, num_warps=8, num_stages=3),
+            dict(block_m=32, block_k=128, block_n=128, num_warps=4, num_stages=4),
+            dict(block_m=64, block_k=128, block_n=256, num_warps=8, num_stages=3)]
+
+
+def tune_triton(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> dict:
+    "Pick the Triton kernels' tiles among a few candidates on this shape's first projection; set them in the module."
+    E, k, dff = s["num_experts"], s["top_k"], s["d_ff"]
+    offs = random_offs(tokens, k, E, device)
+    a = torch.randn(tokens * k, d_model, device=device, dtype=dtype)
+    b = torch.randn(E, dff, d_model, device=device, dtype=dtype).transpose(1, 2)
+    dout = torch.randn(tokens * k, dff, device=device, dtype=dtype)
+    sched = G.tile_schedule(offs, a.shape[0], 128)
+    out, db = torch.empty(a.shape[0], dff, device=device, dtype=dtype), torch.empty_like(b)
+    fwd = {i: _time(lambda: G._launch_gmm(a, b, out, sched, c), reps, device) for i, c in enumerate(FWD_TILES)}
+    tn = {i: _time(lambda: G._launch_gmm_tn(a, dout, sched[3], db, c), reps, device) for i, c in enumerate(TN_TILES)}
+    G.GROUPED_MM_CONFIG.update(FWD_TILES[min(fwd, key=fwd.get)])
+    G.GROUPED_MM_TN_CONFIG.update(TN_TILES[min(tn, key=tn.get)])
+    flops = 2 * a.shape[0] * d_model * dff
+    return dict(fwd={_tiles(c): flops / fwd[i] for i, c in enumerate(FWD_TILES)},
+                tn={_tiles(c, tn=True): flops / tn[i] for i, c in enumerate(TN_TILES)},
+                picked_fwd=_tiles(G.GROUPED_MM_CONFIG), picked_tn=_tiles(G.GROUPED_MM_TN_CONFIG, tn=True))
+
+
+def _tiles(c: dict, tn: bool = False) -> str:
+    dims = (c["block_k"], c["block_n"], c["block_m"]) if tn else (c["block_m"], c["block_n"], c["block_k"])
+    return "x".join(map(str, dims)) + f" w{c['num_warps']} s{c['num_stages']}"
+
+
+def matmul_ceiling(n: int, dtype, device, reps: int) -> float:
+    "FLOP/s of one dense n x n x n matmul."
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / _time(lambda: a @ b, reps, device)
+
+
+def run_all(small: bool = False, reps: int = 10) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() and not small else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    c = SMALL if small else FULL
+    res = dict(device=describe_device(device), dtype=str(dtype).replace("torch.", ""), tokens=c["tokens"],
+               d_model=c["d_model"], small=small, shapes=[])
+    res["ceiling_n"] = 8192 if device.type == "cuda" else 256
+    res["ceiling_flops"] = matmul_ceiling(res["ceiling_n"], dtype, device, reps)
+    if device.type == "cuda": res["tuning"] = tune_triton(c["tokens"], c["d_model"], c["shapes"][0], dtype, device, reps)
+    for s in c["shapes"]:
+        print(f"{s['name']} ...", file=sys.stderr, flush=True)
+        row = dict(s, flops=active_flops(c["tokens"], c["d_model"], s))
+        row["layer"] = bench_layer(c["tokens"], c["d_model"], s, dtype, device, reps)
+        row["gemm"] = bench_gemm(c["tokens"], c["d_model"], s, dtype, device, reps)
+        res["shapes"].append(row)
+    return res
+
+
+def _tf(flops: float, seconds: float) -> str:
+    return f"{flops / seconds / 1e12:.1f}" if flops / seconds >= 1e11 else f"{flops / seconds / 1e12:.3f}"
+
+
+def to_markdown(res: dict) -> str:
+    ok = lambda b: "met" if b else "**missed**"
+    ceil = res["ceiling_flops"]
+    head = (f"Machine: {res['device']}. {res['dtype']}, {res['tokens']:,} tokens, d_model {res['d_model']}, forward+backward "
+            f"(output gradient given), median of the timed reps. Dense {res['dtype']} matmul ceiling ({res['ceiling_n']}^3, same run): "
+            f"{fmt_flops_per_s(ceil)}. Command: `python benchmarks/bench_moe.py{' --small' if res['small'] else ' --write-results'}`.\n\n")
+    lines = ["| shape | variant | ms | active TFLOP/s | vs naive | vs dense | rel. err vs naive |", "|---|---|---|---|---|---|---|"]
+    targets = []
+    for s in res["shapes"]:
+        L = s["layer"]
+        for name in (*DISPATCHES, "dense"):
+            t = L[name]
+            label = f"dense SwiGLU d_ff {L['d_ff_dense']}" if name == "dense" else f"MoE, dispatch={name}"
+            err = "" if name in ("dense", "naive") else f"{L[f'err_{name}']:.1e}"
+            lines.append(f"| {s['name']} | {label} | {t * 1e3:.2f} | {_tf(s['flops'], t)} | {L['naive'] / t:.2f}x "
+                         f"| {L['dense'] / t:.2f}x | {err} |")
+        best = min(DISPATCHES[1:], key=lambda n: L[n])
+        targets.append(f"- {s['name']}: fastest dispatch `{best}` is {L['naive'] / L[best]:.1f}x the naive loop "
+                       f"(target >= 3x: {ok(L['naive'] / L[best] >= 3)}) and {L['dense'] / L[best]:.2f}x the dense "
+                       f"SwiGLU's throughput (target >= 0.6x: {ok(L['dense'] / L[best] >= 0.6)}); the Triton dispatch "
+                       f"{L['grouped'] / L['triton']:.2f}x torch._grouped_mm's.")
+    g_lines = ["| shape | (S, d) x (d, d_ff) per expert | ours (Triton) TFLOP/s | torch._grouped_mm TFLOP/s | dense matmul TFLOP/s "
+               "| ours / torch | ours / ceiling |", "|---|---|---|---|---|---|---|"]
+    for s in res["shapes"]:
+        G = s["gemm"]
+        k, S = s["top_k"], res["tokens"] * s["top_k"]
+        g_lines.append(f"| {s['name']} | ({S:,}, {res['d_model']}) x ({res['d_model']}, {s['d_ff']}), {s['num_experts']} groups "
+                       f"| {_tf(G['flops'], G['triton'])} | {_tf(G['flops'], G['torch'])} | {_tf(G['flops'], G['dense'])} "
+                       f"| {G['torch'] / G['triton']:.2f}x | {G['flops'] / G['triton'] / ceil:.0%} |")
+        targets.append(f"- {s['name']}: our Triton grouped GEMM (fwd+bwd) is {G['torch'] / G['triton']:.2f}x "
+                       f"torch._grouped_mm (target >= 0.8x: {ok(G['torch'] / G['triton'] >= 0.8)}), "
+                       f"{G['flops'] / G['triton'] / ceil:.0%} of the dense matmul ceiling.")
+    note = ("\n\nThe MoE layer (router in float32, sort, gather, three grouped GEMMs, weighted scatter-add, shared experts, "
+            "auxiliary-loss statistics) against a dense SwiGLU whose d_ff is the active width (k + shared) x d_ff, so both "
+            "do the same matmul FLOPs per token; 'active TFLOP/s' counts those FLOPs (3x the forward's for forward+backward). "
+            "The grouped GEMM alone, forward+backward (dA: the same kernel with b transposed; dB: per-group a^T dout), "
+            "random routing of the tokens:\n\n")
+    tune = ""
+    if "tuning" in res:
+        T = res["tuning"]
+        fmt = lambda d: ", ".join(f"{k}: {v / 1e12:.0f}" for k, v in d.items())
+        tune = (f"\n\nTriton tiles picked in this run on the first shape's (S, d) x (d, d_ff) (TFLOP/s): forward/dA "
+                f"(BMxBNxBK) {fmt(T['fwd'])} -> {T['picked_fwd']}; dB (BKxBNxBM) {fmt(T['tn'])} -> {T['picked_tn']}.")
+    return head + "\n".join(lines) + tune + note + "\n".join(g_lines) + "\n\n" + ("Targets:\n" + "\n".join(targets) + "\n" if not res["small"]
+                                                                        else "(CPU smoke run: the targets apply on the GPU.)\n")
+
+
+def write_results(md: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
+    "Put `md` between our markers (appending our section at the end the first time); the rest of the file stays as is."
+    text = path.read_text()
+    block = f"{BEGIN}\n{md.strip()}\n{END}"
+    if BEGIN in text and END in text:
+        i, j = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:i] + block + text[j:]
+    else:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="tiny sizes on CPU: a smoke run")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per variant (default 10 on a GPU, 1 with --small)")
+    p.add_argument("--json", type=str, default=None, help="also write the raw results here")
+    p.add_argument("--from-json", type=str, default=None, help="format results saved earlier instead of measuring")
+    p.add_argument("--write-results", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    a = p.parse_args(argv)
+    res = json.loads(Path(a.from_json).read_text()) if a.from_json else run_all(a.small, a.reps or (1 if a.small else 10))
+    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
+    md = to_markdown(res)
+    print(md)
+    if a.write_results: write_results(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
