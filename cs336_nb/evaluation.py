@@ -14,6 +14,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -688,10 +689,11 @@ def ngrams(words: Sequence[str], n: int = 13) -> set[tuple[str, ...]]:
 def contamination(benchmark: Sequence[str], corpus: str | Iterable[str], *, n: int = 13, progress: bool = False) -> dict:
     "Which benchmark items share an n-gram with the training corpus (a text or an iterable of documents)."
     if isinstance(benchmark, str) or not len(benchmark): raise ValueError("benchmark must be a non-empty list of texts")
-    seen: set[int] = set()
+    items = [normalize_words(b) for b in benchmark]
+    sizes = {n} | {len(w) for w in items if 0 < len(w) < n}   # short items are looked for whole
+    seen: set[tuple[int, int]] = set()
     for doc in tqdm([corpus] if isinstance(corpus, str) else corpus, desc="corpus n-grams", disable=not progress, leave=False):
         w = normalize_words(doc)
-        seen.update(hash(tuple(w[i:i + n])) for i in range(max(len(w) - n + 1, 0)))
-        if len(w) < n: seen.add(hash(tuple(w)))
-    hits = [i for i, item in enumerate(benchmark) if any(hash(g) in seen for g in ngrams(normalize_words(item), n))]
+        for m in sizes: seen.update((m, hash(tuple(w[i:i + m]))) for i in range(len(w) - m + 1))
+    hits = [i for i, w in enumerate(items) if any((len(g), hash(g)) in seen for g in ngrams(w, n))]
     return dict(contaminated=hits, fraction=len(hits) / len(benchmark), n=len(benchmark), ngram=n)
