@@ -19,7 +19,7 @@ __all__ = ['SAMPLE_FILE', 'load_cc_sample', 'page_to_html', 'write_warc', 'WarcD
            'default_stages', 'read_documents', 'output_name', 'process_shard', 'PipelineReport', 'run_pipeline',
            'fail_on']
 
-# %% ../../nbs/11_data.ipynb #2932ebb9
+# %% ../../nbs/11_data.ipynb #3ccd5f72
 from .extract import (SAMPLE_FILE, load_cc_sample, page_to_html, write_warc, WarcDocument, iter_warc,
     decode_html, naive_strip_tags, extract_text, extraction_quality)
 from .filters import (LANGUAGE_THRESHOLD, EMAIL_TOKEN, PHONE_TOKEN, IP_TOKEN, GOPHER_RULES,
