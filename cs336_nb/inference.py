@@ -238,7 +238,7 @@ def time_decode(model: TransformerLM, batch_size: int, *, prompt_len: int = 32, 
     return dict(batch=batch_size, prefill_s=t1 - t0, step_s=step, ms_per_token=step * 1e3, tokens_per_s=batch_size / step,
                 prefill_tokens_per_s=batch_size * prompt_len / (t1 - t0))
 
-
+# %% ../nbs/08_inference.ipynb #fb5c030e
 def plot_decode_sweep(rows: list[dict], bound_tokens_per_s: list[float], title: str = "", ax=None):
     "Measured decode tokens/s and ms per step against batch size, with the bandwidth bound."
     if ax is None: _, ax = _subplots(1, 2, figsize=(10, 3.8))
@@ -258,7 +258,7 @@ def _subplots(*args, **kw):
     import matplotlib.pyplot as plt
     return plt.subplots(*args, **kw)
 
-# %% ../nbs/08_inference.ipynb #c30e4828
+# %% ../nbs/08_inference.ipynb #bfc9738c
 def _probs(logits: Tensor, temperature: float) -> Tensor:
     "softmax(logits / temperature) in float32 (temperature > 0)."
     return torch.softmax(logits.float() / temperature, dim=-1)
@@ -280,7 +280,7 @@ def _as_prompt(prompt_ids) -> list[int]:
         raise TypeError("prompt_ids must be a non-empty list of token ids or a 1-D LongTensor")
     return list(prompt_ids)
 
-# %% ../nbs/08_inference.ipynb #6bc5f9f2
+# %% ../nbs/08_inference.ipynb #b06c2d34
 def _accept(draft_tokens: list[int], p: list[Tensor], q: Tensor, temperature: float, generator) -> tuple[int, int]:
     "Modified rejection sampling: (number of draft tokens accepted, the token that follows them)."
     for i, x in enumerate(draft_tokens):
@@ -294,7 +294,7 @@ def _accept(draft_tokens: list[int], p: list[Tensor], q: Tensor, temperature: fl
         return i, _pick(residual / residual.sum() if residual.sum() > 0 else q[i], temperature, generator)
     return len(draft_tokens), _pick(q[len(draft_tokens)], temperature, generator)  # all accepted: a bonus token
 
-
+# %% ../nbs/08_inference.ipynb #0c664810
 @torch.no_grad()
 def speculative_generate(target: TransformerLM, draft: TransformerLM, prompt_ids: Sequence[int] | Tensor, max_new_tokens: int, *,
                          lookahead: int = 4, temperature: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
@@ -327,7 +327,7 @@ def speculative_generate(target: TransformerLM, draft: TransformerLM, prompt_ids
     stats["tokens_per_round"] = (len(seq) - len(prompt)) / max(stats["rounds"], 1)
     return torch.tensor(seq[:len(prompt) + max_new_tokens], dtype=torch.long), stats
 
-# %% ../nbs/08_inference.ipynb #a6a598b5
+# %% ../nbs/08_inference.ipynb #9153c78f
 def measure_speculative(target: TransformerLM, draft: TransformerLM, prompts: list[list[int]], max_new_tokens: int, *,
                         lookahead: int = 4, temperature: float = 1.0, seed: int = 0) -> dict:
     "Acceptance rate, tokens per round and wall-clock speed-up of `speculative_generate` over `target.generate`, summed over `prompts`."
@@ -352,7 +352,7 @@ def expected_tokens_per_round(acceptance: float, lookahead: int) -> float:
     if not 0 <= acceptance <= 1: raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
     return lookahead + 1.0 if acceptance == 1 else (1 - acceptance ** (lookahead + 1)) / (1 - acceptance)
 
-# %% ../nbs/08_inference.ipynb #81df2c2c
+# %% ../nbs/08_inference.ipynb #8af167e9
 def load_trained(checkpoint: str | Path, *, device: str | torch.device = "cpu") -> tuple[TransformerLM, object]:
     "A model saved by Lecture 4's `train` (checkpoint file or its run folder) and the run's tokenizer."
     from cs336_nb.tokenization import Tokenizer
@@ -384,7 +384,7 @@ def load_hf_with_tokenizer(name_or_dir: str, *, device: str | torch.device = "cp
     eos = json.loads((folder / "config.json").read_text()).get("eos_token_id")
     return model.eval(), HFTokenizer.from_file(str(folder / "tokenizer.json")), eos[0] if isinstance(eos, list) else eos
 
-# %% ../nbs/08_inference.ipynb #0210bea5
+# %% ../nbs/08_inference.ipynb #83da3c4d
 class _HFTok:
     "Adapter: a `tokenizers.Tokenizer` with encode(str) -> list[int] and decode(ids) -> str."
     def __init__(self, tok): self.tok = tok
@@ -412,7 +412,7 @@ def _quantize(model, how: str | None):
     out = fn(model)
     return model if out is None else out
 
-# %% ../nbs/08_inference.ipynb #3fe633a8
+# %% ../nbs/08_inference.ipynb #88ede511
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cs336-nb generate", description="Stream a continuation of --prompt from a trained or Hugging Face model.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -431,7 +431,7 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     return p
 
-# %% ../nbs/08_inference.ipynb #7b6ecfe7
+# %% ../nbs/08_inference.ipynb #4748afb3
 def generate_cli(argv: Sequence[str] | None = None) -> int:
     "`cs336-nb generate (--checkpoint PATH | --hf NAME_OR_DIR) --prompt ...`: stream a continuation, then tokens/s on stderr."
     from cs336_nb.core import get_device

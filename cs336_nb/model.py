@@ -264,7 +264,7 @@ def use_attention_backend(name: str) -> Iterator[None]:
     try: yield
     finally: set_attention_backend(prev)
 
-
+# %% ../nbs/03_architectures.ipynb #f3dc05bd
 def _naive_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
     mask = None
     if is_causal:
