@@ -151,6 +151,7 @@ def test_expert_parallel_matches_one_process(world_size):
     ref = MP.expert_parallel_reference(EP_CONFIGS, world_size, tokens=20, seed=1)
     for cfg, err in zip(EP_CONFIGS, MP.expert_parallel_errors(ep, ref)):
         assert max(err.values()) < 1e-5, (cfg, err)
+    assert max(ep[r][2]["drop_rate"] for r in range(world_size)) > 0  # the capacity config really drops slots
     for r in range(world_size):  # each rank holds its slice of the experts, under the MoE's parameter names
         grads = ep[r][0]["grads"]
         assert grads["experts.w1"].shape == (8 // world_size, 12, 16) and "router.weight" in grads
