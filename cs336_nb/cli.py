@@ -462,6 +462,9 @@ LECTURE_COMMANDS = {  # subcommand -> (module, function, help); the lecture's fu
     "train": ("cs336_nb.training", "train_cli", "train a language model: cs336-nb train --config FILE [-o key=value ...]"),
     "generate": ("cs336_nb.inference", "generate_cli", "stream a continuation: cs336-nb generate (--checkpoint PATH | --hf NAME_OR_DIR) --prompt ..."),
     "eval": ("cs336_nb.evaluation", "eval_cli", "evaluate a model: cs336-nb eval (--checkpoint PATH | --hf NAME_OR_DIR) --tasks mmlu,gsm8k --shots 5 [--limit N] [--out FILE]"),
+    "sft": ("cs336_nb.alignment.sft", "sft_cli", "supervised fine-tuning: cs336-nb sft --config configs/align_sft_cpu.json [-o key=value ...]"),
+    "dpo": ("cs336_nb.alignment.preference", "dpo_cli", "DPO on sampled preference pairs: cs336-nb dpo --config configs/align_dpo_cpu.json [-o key=value ...]"),
+    "grpo": ("cs336_nb.alignment.rl", "grpo_cli", "GRPO with a verifiable reward: cs336-nb grpo --config configs/align_grpo_cpu.json [-o key=value ...]"),
 }
 
 def _lecture_command(name: str, rest: list[str]) -> int:
