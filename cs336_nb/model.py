@@ -673,8 +673,9 @@ def _attend_cached(self: MultiHeadSelfAttention, q: Tensor, k: Tensor, v: Tensor
 
 
 @patch
-def _forward_cached(self: TransformerLM, token_ids: Tensor, token_positions: Tensor | None, kv_cache: KVCache) -> Tensor:
-    "The forward with a KV cache: (batch, T) new tokens at positions lengths + 0..T-1; advances lengths by T."
+def _forward_cached(self: TransformerLM, token_ids: Tensor, token_positions: Tensor | None, kv_cache: KVCache,
+                    last: Tensor | None = None) -> Tensor:
+    "The forward with a KV cache: (batch, T) new tokens at positions lengths + 0..T-1; advances lengths by T. `last` (batch,): logits of that index only."
     if not isinstance(kv_cache, KVCache): raise TypeError(f"kv_cache must be a KVCache, got {type(kv_cache).__name__}")
     if token_positions is not None: raise ValueError("token_positions must be None with a kv_cache (positions are the cache slots)")
     if token_ids.dim() != 2: raise ValueError(f"with a kv_cache token_ids must be (batch, seq), got shape {tuple(token_ids.shape)}")
@@ -690,6 +691,7 @@ def _forward_cached(self: TransformerLM, token_ids: Tensor, token_positions: Ten
     x = self.token_embeddings(token_ids)
     for i, layer in enumerate(self.layers): x = layer(x, pos, kv_cache=kv_cache, layer_idx=i, kv_len=kv_len)
     kv_cache.lengths.add_(T)
+    if last is not None: x = x[torch.arange(B, device=x.device), last]  # (B, d): a prefill needs one row of logits, not T x vocab
     logits = self.lm_head(self.ln_final(x))
     if self.logit_soft_cap is not None: logits = self.logit_soft_cap * torch.tanh(logits / self.logit_soft_cap)
     return logits
@@ -774,7 +776,7 @@ def _generate_iter(self: TransformerLM, ids: Tensor, lens: Tensor, max_new_token
     self.eval()
     try:
         step, cache = self._step_and_cache(B, T + max_new_tokens, compile)
-        logits = self(ids, kv_cache=cache)[torch.arange(B, device=ids.device), lens - 1]  # prefill; (B, V) at each row's last token
+        logits = self._forward_cached(ids, None, cache, last=lens - 1)  # prefill: (B, V) at each row's last prompt token
         cache.lengths.copy_(lens)  # the padding's slots are free again
         finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
         for i in range(max_new_tokens):
