@@ -128,7 +128,10 @@ def compare(label, ours_model, ref_model, tokenizer, subjects, mmlu_dir, a, devi
     kw = dict(shots=a.shots, limit=a.limit, batch_size=a.batch_size, max_length=a.max_length)
     run_ours(ours_model, tokenizer, subjects[:1], **{**kw, "limit": 1})             # warm-up
     po, to = run_ours(ours_model, tokenizer, subjects, **kw)
-    pr, tr = run_lm_eval(ref_model, tokenizer, subjects, mmlu_dir, device=str(device), **kw)
+    if a.ours_only:                                     # no lm-eval here: ours on the HF model vs ours on our model
+        pr, tr = run_ours(ref_model, tokenizer, subjects, **kw)
+    else:
+        pr, tr = run_lm_eval(ref_model, tokenizer, subjects, mmlu_dir, device=str(device), **kw)
     n = sum(len(v) for v in po.values())
     agree = sum(x == y for s in subjects for x, y in zip(po[s], pr[s]))
     diff = [(s, i) for s in subjects for i, (x, y) in enumerate(zip(po[s], pr[s])) if x != y]
@@ -144,7 +147,8 @@ def run_all(a) -> dict:
     from cs336_nb.core import describe_device, seed_everything
     from cs336_nb.corpora import corpus_path, load_text
     from cs336_nb.evaluation import mmlu_subjects
-    import lm_eval
+    if a.ours_only: lm_eval = None
+    else: import lm_eval
     seed_everything(0)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mmlu_dir = corpus_path("mmlu", standin_ok=False)
@@ -152,15 +156,24 @@ def run_all(a) -> dict:
     tok = tiny_hf_tokenizer(load_text("tinyshakespeare", max_bytes=300_000), a.vocab_size)
     rows = []
     llama = tiny_llama(len(tok), hidden=a.hidden, max_len=a.max_length)
-    rows.append(compare(f"random-init Llama (transformers), d={a.hidden}", llama, llama, tok, subjects, mmlu_dir, a, device))
+    if a.ours_only:   # the Llama in transformers against the same weights in our TransformerLM (from_hf)
+        from cs336_nb.model import TransformerLM
+        rows.append(compare(f"random-init Llama, d={a.hidden}: TransformerLM.from_hf vs transformers, both in our harness",
+                            TransformerLM.from_hf(llama).eval(), llama, tok, subjects, mmlu_dir, a, device))
+    else:
+        rows.append(compare(f"random-init Llama (transformers), d={a.hidden}", llama, llama, tok, subjects, mmlu_dir, a, device))
     pair = our_exported_model(len(tok), a.max_length)
     if pair is not None:
-        rows.append(compare("our TransformerLM, lm-eval on its to_hf() export", *pair, tok, subjects, mmlu_dir, a, device))
-    return dict(device=describe_device(device), lm_eval=lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?",
+        label = ("our TransformerLM vs its to_hf() export, both in our harness" if a.ours_only
+                 else "our TransformerLM, lm-eval on its to_hf() export")
+        rows.append(compare(label, *pair, tok, subjects, mmlu_dir, a, device))
+    if device.type == "cuda": torch.cuda.synchronize()
+    return dict(device=describe_device(device), lm_eval=getattr(lm_eval, "__version__", "?") if lm_eval else None,
                 rows=rows, to_hf=pair is not None)
 
 
 def to_markdown(res: dict) -> str:
+    if res["lm_eval"] is None: return to_markdown_ours(res)
     out = [f"MMLU val, {res['rows'][0]['shots']}-shot, log-likelihood of ' A'..' D'; lm-eval {res['lm_eval']} on local "
            f"task YAMLs over the same CSVs. Device: {res['device']}.", "",
            "| device | model | subjects | questions | same prediction | acc ours | acc lm-eval | questions/s ours | questions/s lm-eval | speed-up |",
@@ -173,15 +186,27 @@ def to_markdown(res: dict) -> str:
     return "\n".join(out)
 
 
+def to_markdown_ours(res: dict) -> str:
+    "Rows of an --ours-only run: our harness on each model, the reference column being our harness on the HF model."
+    out = [f"MMLU val, {res['rows'][0]['shots']}-shot, our harness only (lm-eval not installed on this machine). Device: {res['device']}.", "",
+           "| device | model | subjects | questions | same prediction | acc ours | acc lm-eval | questions/s ours | questions/s lm-eval | speed-up |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        out.append(f"| {res['device']} | {r['model']} | {r['subjects']} | {r['questions']} | "
+                   f"{r['agree']}/{r['questions']} | {r['ours_acc']:.3f} | n/a | {r['ours_qps']:.1f} | n/a | n/a |")
+    return "\n".join(out)
+
+
 def write_results(md: str, device: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
     "Our section of RESULTS.md: rows of other devices kept, this device's replaced."
     text = path.read_text() if path.exists() else ""
     old = text[text.index(BEGIN) + len(BEGIN):text.index(END)] if BEGIN in text and END in text else ""
     keep = [l for l in old.splitlines() if l.startswith("| ") and not l.startswith("| device") and f"| {device} |" not in l]
     lines = md.strip().splitlines()
-    head = [l for l in lines if not l.startswith("|")]
+    head = [l for l in old.splitlines() if l.strip() and not l.startswith("|") and device not in l]   # other devices' notes
+    head += [l for l in lines if not l.startswith("|")]
     table = [l for l in lines if l.startswith("|")]
-    body = "\n".join(head).strip() + "\n\n" + "\n".join(table[:2] + keep + table[2:])
+    body = "\n\n".join(l for l in head if l.strip()) + "\n\n" + "\n".join(table[:2] + keep + table[2:])
     block = f"{BEGIN}\n{body}\n{END}"
     if BEGIN in text and END in text:
         i, j = text.index(BEGIN), text.index(END) + len(END)
@@ -203,6 +228,7 @@ def main(argv=None) -> int:
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--device", default=None)
     p.add_argument("--lm-eval-path", default=None, help="a folder from `pip install --target DIR lm-eval` (appended to sys.path)")
+    p.add_argument("--ours-only", action="store_true", help="without lm-eval (e.g. on the GPU machine): our harness on both models")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     a = p.parse_args(argv)

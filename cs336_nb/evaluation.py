@@ -131,18 +131,18 @@ def parse_mmlu_response(example: dict, output: str) -> str | None:
         if len(hits) == 1: return hits[0]
     return None
 
-# %% ../nbs/10_evaluation.ipynb #0a01a03e
+# %% ../nbs/10_evaluation.ipynb #dda8f172
 class TokenizerAdapter:
-    "`encode`/`decode`/`eos_id` over our `Tokenizer` or a Hugging Face tokenizer (which adds its BOS as it always does)."
+    "`encode`/`decode`/`eos_id`/`bos_id` over our `Tokenizer` or a Hugging Face tokenizer (which adds its BOS, if any, as it always does)."
     def __init__(self, tokenizer: Any):
         if isinstance(tokenizer, TokenizerAdapter): tokenizer = tokenizer.tokenizer
         if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
             raise TypeError(f"tokenizer must have encode/decode (our Tokenizer or a Hugging Face one), got {type(tokenizer).__name__}")
         self.tokenizer, self.is_hf = tokenizer, hasattr(tokenizer, "convert_tokens_to_ids")
-        if self.is_hf: self.eos_id = tokenizer.eos_token_id
+        if self.is_hf: self.eos_id, self.bos_id = tokenizer.eos_token_id, tokenizer.bos_token_id
         else:
             sid = getattr(tokenizer, "_special_id", {})
-            self.eos_id = sid.get("<|endoftext|>", next(iter(sid.values()), None))
+            self.eos_id, self.bos_id = sid.get("<|endoftext|>", next(iter(sid.values()), None)), None
 
     def encode(self, text: str) -> list[int]:
         "Token ids of `text`."
@@ -234,28 +234,24 @@ def encode_pair(tok: TokenizerAdapter, context: str, continuation: str) -> tuple
 def loglikelihood(self: LMAdapter, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *, batch_size: int = 8,
                   progress: bool = False, desc: str = "log-likelihood") -> list[tuple[float, bool]]:
     "For (context ids, continuation ids) pairs: the summed log-probability of the continuation and whether greedy decoding would produce it."
-    rows: dict[tuple, int] = {}                       # distinct input rows: shared by requests with the same prefix
-    spec = []
-    for ctx, cont in requests:
+    rows: dict[tuple, list[int]] = {}                 # distinct input rows -> the requests that read them
+    for r, (ctx, cont) in enumerate(requests):
         if len(cont) == 0: raise ValueError("every continuation must have at least one token")
-        full = (list(ctx) + list(cont))[-(self.max_length + 1):]
-        inp = tuple(full[:-1])
+        inp = tuple((list(ctx) + list(cont))[-(self.max_length + 1):][:-1])
         if not inp: raise ValueError("a request needs at least one context token")
-        spec.append((rows.setdefault(inp, len(rows)), len(cont), list(cont)))
+        rows.setdefault(inp, []).append(r)
     keys = sorted(rows, key=len, reverse=True)         # longest first: padding stays small
-    scores: dict[int, Tensor] = {}
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
     for b in tqdm(range(0, len(keys), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = keys[b:b + batch_size]
-        T = len(chunk[0])
-        ids = torch.zeros(len(chunk), T, dtype=torch.long)
+        ids = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
         for i, k in enumerate(chunk): ids[i, :len(k)] = torch.tensor(k)
-        logp = torch.log_softmax(self.logits(ids).float(), -1)           # (B, T, V)
-        for i, k in enumerate(chunk): scores[rows[k]] = logp[i, :len(k)].cpu()
-    out = []
-    for r, n, cont in spec:
-        lp = scores[r][-n:]                                                # (n, V): the positions predicting cont
-        target = torch.tensor(cont)
-        out.append((float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+        logits = self.logits(ids)                                          # (B, T, V)
+        for i, k in enumerate(chunk):
+            for r in rows[k]:
+                cont = torch.tensor(list(requests[r][1]), device=logits.device)
+                lp = torch.log_softmax(logits[i, len(k) - len(cont):len(k)].float(), -1)   # (n, V): the positions predicting cont
+                out[r] = (float(lp.gather(-1, cont[:, None]).sum()), bool((lp.argmax(-1) == cont).all()))
     return out
 
 # %% ../nbs/10_evaluation.ipynb #bf5c1ee1
@@ -267,7 +263,8 @@ def perplexity(model: torch.nn.Module | LMAdapter, tokenizer: Any, text: str, *,
     if not isinstance(text, str) or not text: raise ValueError("text must be a non-empty str")
     L = min(max_length or lm.max_length, lm.max_length)
     ids = lm.tok.encode(text)
-    start = [lm.tok.eos_id] if lm.tok.eos_id is not None and (not ids or ids[0] != lm.tok.eos_id) else []
+    first = lm.tok.bos_id if lm.tok.bos_id is not None else lm.tok.eos_id   # predict the first token after BOS/EOS
+    start = [first] if first is not None and (not ids or ids[0] != first) else []
     data = torch.tensor(start + ids, dtype=torch.long)
     n_pred = len(data) - 1
     if n_pred < 1: raise ValueError("text must encode to at least 2 tokens (or 1 with an EOS/BOS token)")
