@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['COURSE', 'TEST_FLAGS', 'LECTURE_COMMANDS', 'project_root', 'lecture_notebooks', 'select_notebooks', 'lecture_table',
-           'default_flags', 'execute_notebook', 'scrub_outputs', 'recorded_on_gpu', 'render_fallback_site',
-           'render_readme', 'render_site', 'main']
+           'default_flags', 'execute_notebook', 'scrub_outputs', 'recorded_on_gpu', 'site_nav', 'stage_site',
+           'render_mkdocs_site', 'render_readme', 'render_site', 'main']
 
 # %% ../nbs/00b_cli.ipynb #9a6179a0
 def project_root(start: str | Path | None = None) -> Path:
@@ -182,28 +182,7 @@ def recorded_on_gpu(path: str | Path) -> bool:
              for c in nb.cells for o in c.get("outputs", []))
     return any(_CUDA_DEVICE.search(t) for t in texts)
 
-# %% ../nbs/00b_cli.ipynb #72df7f23
-_CHECK_JS = """<script>
-window.__cs336Errors = 0;
-window.addEventListener('error', function () { window.__cs336Errors += 1; });
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.images);
-  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); });
-  var b = document.body;
-  b.setAttribute('data-images', imgs.length);
-  b.setAttribute('data-broken-images', broken.length);
-  b.setAttribute('data-errors', window.__cs336Errors);
-  b.setAttribute('data-loaded', 'yes');
-});
-</script>"""
-
-_STYLE = """<style>
-.cs336-nav{position:sticky;top:0;z-index:10;background:#1f3a5f;padding:.5em 1em;font:14px/1.6 system-ui,sans-serif}
-.cs336-nav a{color:#fff;margin-right:1.1em;text-decoration:none}.cs336-nav a.here{font-weight:700;text-decoration:underline}
-.cs336-title{max-width:1100px;margin:1.2em auto 0;padding:0 1em;font-family:system-ui,sans-serif}
-.cs336-title p{color:#555;font-size:1.05em}
-</style>"""
-
+# %% ../nbs/00b_cli.ipynb #65ffc0b4
 def _frontmatter(nb) -> dict:
     "Title, description and output file from the processed notebook's front-matter cell."
     for c in nb.cells[:2]:
@@ -245,6 +224,7 @@ def _prepare_cells(nb):
     nb.cells = keep
     return nb
 
+# %% ../nbs/00b_cli.ipynb #3fd40f1e
 _CELL_KEYS = {"markdown": {"cell_type", "id", "metadata", "source", "attachments"},
               "raw": {"cell_type", "id", "metadata", "source", "attachments"},
               "code": {"cell_type", "id", "metadata", "source", "outputs", "execution_count"}}
@@ -257,29 +237,6 @@ def _read_proc_nb(path: Path):
         for k in set(c) - _CELL_KEYS.get(c.get("cell_type"), set(c)): c.pop(k)
         c.get("metadata", {}).pop("execution", None)  # execnb's timings (floats the schema forbids there)
     return nbformat.reads(json.dumps(d), as_version=4)
-
-def _page_html(nb_path: Path, nav: list[tuple[str, str]], here: str) -> tuple[str, str]:
-    from nbconvert import HTMLExporter
-    from traitlets.config import Config
-    nb = _read_proc_nb(nb_path)
-    fm = _frontmatter(nb)
-    nb = _prepare_cells(nb)
-    cfg = Config()
-    cfg.TagRemovePreprocessor.remove_input_tags = {"hide-input"}
-    cfg.TagRemovePreprocessor.enabled = True
-    exp = HTMLExporter(config=cfg, template_name="lab")
-    exp.register_preprocessor("nbconvert.preprocessors.TagRemovePreprocessor", enabled=True)
-    body, _ = exp.from_notebook_node(nb)
-    # no widget state here: drop require.js (fetched from a CDN, useless offline)
-    body = re.sub(r'<script[^>]+require\.js[^>]*></script>', "", body)
-    title = fm.get("title") or nb_path.stem
-    links = "".join(f'<a href="{h}"{" class=here" if h == here else ""}>{html.escape(t)}</a>' for h, t in nav)
-    header = (f'<nav class="cs336-nav">{links}</nav><div class="cs336-title"><h1>{html.escape(title)}</h1>'
-              + (f"<p>{html.escape(fm['description'])}</p>" if fm.get("description") else "") + "</div>")
-    body = body.replace("</head>", _STYLE + _CHECK_JS + "</head>", 1)
-    body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + header, body, count=1)
-    body = re.sub(r"<title>.*?</title>", f"<title>{html.escape(title)} – cs336-nb</title>", body, count=1, flags=re.S)
-    return body, title
 
 def _safe_doc_eval(cell) -> bool:
     "Which cells nbdev runs to render `show_doc`: exported cells, `show_doc` calls, and cells made only of imports."
@@ -303,46 +260,122 @@ def _patch_nbdev_doc_eval():
 _PROC = ("from cs336_nb.cli import _patch_nbdev_doc_eval; _patch_nbdev_doc_eval(); "
          "from nbdev.quarto import {fn}; {fn}({args})")
 
-def render_fallback_site(root: str | Path | None = None, dest: str | Path | None = None, *, src: str | Path | None = None,
-                         proc: bool = True, progress: bool = True) -> Path:
-    "Plain-HTML site in `dest` (default `_docs/`) from the notebooks in `src` (default `nbs/`) as nbdev processes them."
+def _proc_nbs(root: Path, src: str | Path | None = None) -> Path:
+    "Run nbdev's pre-render over `src` (default `nbs/`) into `_proc/`; returns that folder."
+    args = "n_workers=0" + (f", path={str(Path(src).resolve())!r}" if src is not None else "")
+    r = subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_proc_nbs", args=args)], cwd=root, capture_output=True, text=True)
+    if r.returncode != 0: raise RuntimeError(f"nbdev-proc-nbs failed:\n{r.stderr[-8000:]}")
+    return root / "_proc"
+
+# %% ../nbs/00b_cli.ipynb #f48d2423
+_TITLE_CALL = re.compile(r"""(?:set_title|suptitle|plt\.title)\(\s*f?(["'])(.+?)\1""")
+
+def _figure_alts(nb) -> list[str]:
+    "Alt text for each image output of processed notebook `nb`, in order: the figure's title, else its section's heading."
+    alts, heading = [], ""
+    for c in nb.cells:
+        src = c.source if isinstance(c.source, str) else "".join(c.source)
+        if c.cell_type == "markdown":
+            hs = re.findall(r"^#{1,4}\s+(.+)$", src, re.M)
+            if hs: heading = hs[-1].strip()
+            continue
+        titles = [re.sub(r"\{[^}]*\}", "…", m[1]) for m in _TITLE_CALL.findall(src)]
+        n = sum(1 for o in c.get("outputs", []) if {"image/png", "image/jpeg", "image/svg+xml"} & set(o.get("data", {})))
+        for k in range(n): alts.append("Figure: " + (titles[min(k, len(titles) - 1)] if titles else heading or "a plot"))
+    return alts
+
+def _short_title(title: str, group: str) -> str:
+    "A sidebar label: 'Core: devices, ...' -> 'Core' in the foundations, 'Lecture 6 (part 4): A fused RMSNorm' -> 'A fused RMSNorm'."
+    head, _, rest = title.replace("`", "").partition(": ")
+    return head if group == "00" or not rest else rest
+
+def site_nav(pages: list[tuple[str, str, str]]) -> list[dict]:
+    "MkDocs `nav` from (notebook stem, title, page file) triples: Home, then one section per lecture number with its parts."
+    nav, groups = [], {}
+    for stem, title, page in pages:
+        if stem == "index": nav.append({"Home": page}); continue
+        groups.setdefault(stem[:2], []).append((title, page))
+    for num, items in groups.items():
+        label = "Foundations" if num == "00" else items[0][0].replace("`", "")
+        if len(items) == 1: nav.append({label: items[0][1]})
+        else: nav.append({label: [{_short_title(t, num): p} for t, p in items]})
+    return nav
+
+# %% ../nbs/00b_cli.ipynb #9c2eee32
+_ASSETS = Path(importlib.import_module("cs336_nb").__file__).parent / "assets"  # files that ship with the package
+_MATHJAX = "assets/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/cs336"  # + our font setting
+
+def _mkdocs_config(nav: list[dict]) -> dict:
+    "The site's mkdocs.yml: Material with sections, a per-page TOC, prev/next, offline search; notebooks by mkdocs-jupyter."
+    jupyter = dict(include_source=False, execute=False, ignore_h1_titles=True, no_prompt=True, toc_depth=3,
+                   custom_mathjax_url=_MATHJAX, remove_tag_config=dict(remove_input_tags=["hide-input"]))
+    theme = dict(name="material", font=False, palette=dict(primary="indigo"),
+                 features=["navigation.footer", "navigation.sections", "toc.follow", "search.highlight"])
+    return dict(site_name="cs336-nb", site_description="Language modeling from scratch, as executable lecture notebooks",
+                use_directory_urls=False, docs_dir="docs", nav=nav, theme=theme,
+                extra=dict(polyfills=["assets/iframe-worker-shim.js"]),  # local: the offline plugin's default is a CDN
+                extra_css=["assets/styles.css"], extra_javascript=["assets/page-check.js"],
+                plugins=["search", "offline", {"mkdocs-jupyter": jupyter}], markdown_extensions=["toc", "tables", "admonition"])
+
+def stage_site(root: str | Path | None = None, src: str | Path | None = None) -> tuple[Path, dict[str, list[str]]]:
+    "Write `_site/` (docs/ and mkdocs.yml) from the processed notebooks of `src`; returns it and each page's figure alt texts."
+    import nbformat, yaml, jupyter_server_mathjax
+    root = project_root(root)
+    procd = _proc_nbs(root, src)
+    stage = root / "_site"
+    if stage.exists(): shutil.rmtree(stage)
+    docs, pages, alts = stage / "docs", [], {}
+    (docs / "assets").mkdir(parents=True)
+    for p in [procd / "index.ipynb"] + [procd / q.name for q in lecture_notebooks(root)]:
+        if not p.exists(): continue
+        nb = _read_proc_nb(p); fm = _frontmatter(nb); nb = scrub_outputs(_prepare_cells(nb), root)
+        title, page = fm.get("title") or p.stem, ("index" if p.stem == "index" else Path(fm.get("output-file") or p.stem).stem)
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"# {title}\n\n" + (f"> {fm['description']}\n" if fm.get("description") else "")))
+        nbformat.write(nb, docs / f"{page}.ipynb")
+        pages.append((p.stem, title, f"{page}.ipynb")); alts[f"{page}.html"] = _figure_alts(nb)
+    shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", docs / "assets" / "mathjax",
+                    ignore=shutil.ignore_patterns("unpacked", "test", "docs", "*.md"))
+    for f in ("iframe-worker-shim.js", "page-check.js"): shutil.copy(_ASSETS / f, docs / "assets" / f)
+    (docs / "assets" / "mathjax" / "config" / "local").mkdir(parents=True, exist_ok=True)  # STIX fonts: the TeX ones do not ship
+    shutil.copy(_ASSETS / "mathjax-cs336.js", docs / "assets" / "mathjax" / "config" / "local" / "cs336.js")
+    shutil.copy(root / "nbs" / "styles.css", docs / "assets" / "styles.css")
+    (stage / "mkdocs.yml").write_text(yaml.safe_dump(_mkdocs_config(site_nav(pages)), sort_keys=False))
+    return stage, alts
+
+# %% ../nbs/00b_cli.ipynb #9bf68636
+_NO_ALT = "No description has been provided for this image"  # what nbconvert writes for an image without alt text
+
+def _write_alts(page: Path, alts: list[str]) -> None:
+    "Replace nbconvert's placeholder alt texts in `page`, in order, by `alts`."
+    text, it = page.read_text(encoding="utf-8"), iter(alts)
+    text = re.sub(f'alt="{_NO_ALT}"', lambda m: f'alt="{html.escape(next(it, "Figure"), quote=True)}"', text)
+    page.write_text(text, encoding="utf-8")
+
+def render_mkdocs_site(root: str | Path | None = None, dest: str | Path | None = None, *, src: str | Path | None = None) -> Path:
+    "The course site in `dest` (default `_docs/`), from the notebooks in `src` (default `nbs/`), with MkDocs Material."
     root = project_root(root)
     dest = Path(dest) if dest is not None else root / "_docs"
-    if proc:
-        args = "n_workers=0" + (f", path={str(Path(src).resolve())!r}" if src is not None else "")
-        r = subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_proc_nbs", args=args)],
-                           cwd=root, capture_output=True, text=True)
-        if r.returncode != 0: raise RuntimeError(f"nbdev-proc-nbs failed:\n{r.stderr[-8000:]}")
-    procd = root / "_proc"
-    pages = [procd / "index.ipynb"] + [procd / p.name for p in lecture_notebooks(root)]
-    pages = [p for p in pages if p.exists()]
-    if not pages: raise FileNotFoundError(f"no processed notebooks in {procd}")
-    fms = {p: _frontmatter(_read_proc_nb(p)) for p in pages}
-    outname = lambda p: "index.html" if p.stem == "index" else (fms[p].get("output-file") or p.stem + ".html")
-    titles = {p: fms[p].get("title") or p.stem for p in pages}
-    nav = [(outname(p), "Home" if p.stem == "index" else titles[p].split(":")[0]) for p in pages]
+    stage, alts = stage_site(root, src)
     tmp = Path(tempfile.mkdtemp(prefix="_docs.", dir=dest.parent))
     try:
-        for p in tqdm(pages, desc="rendering pages", disable=not progress):
-            page, _ = _page_html(p, nav, outname(p))
-            (tmp / outname(p)).write_text(page, encoding="utf-8")
-        (tmp / "site.txt").write_text("renderer: plain HTML fallback (nbconvert), no Quarto\n" +
-                                       "".join(f"{outname(p)}\t{titles[p]}\n" for p in pages))
+        r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "-q", "-f", str(stage / "mkdocs.yml"), "-d", str(tmp)],
+                           capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+        if r.returncode != 0: raise RuntimeError(f"mkdocs build failed:\n{r.stderr[-8000:]}")
+        for page, texts in alts.items(): _write_alts(tmp / page, texts)
+        (tmp / "site.txt").write_text("renderer: MkDocs Material (mkdocs-jupyter), no Quarto\n" + "".join(f"{p}\n" for p in alts))
         if dest.exists(): shutil.rmtree(dest)
         os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True); raise
     return dest
 
+# %% ../nbs/00b_cli.ipynb #c92f2ccc
 def render_readme(root: str | Path | None = None, *, proc: bool = True) -> Path:
     "Write README.md from the processed `index.ipynb` (what `nbdev-readme` does with Quarto), via nbconvert."
     import nbformat
     from nbconvert import MarkdownExporter
     root = project_root(root)
-    if proc:
-        r = subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_proc_nbs", args="n_workers=0")],
-                           cwd=root, capture_output=True, text=True)
-        if r.returncode != 0: raise RuntimeError(f"nbdev-proc-nbs failed:\n{r.stderr[-8000:]}")
+    if proc: _proc_nbs(root)
     nb = _read_proc_nb(root / "_proc" / "index.ipynb")
     fm = _frontmatter(nb)
     nb = _prepare_cells(nb)
@@ -359,17 +392,15 @@ def render_readme(root: str | Path | None = None, *, proc: bool = True) -> Path:
     os.replace(tmp, out)
     return out
 
-def render_site(root: str | Path | None = None, *, quarto: bool | None = None, progress: bool = True,
-                src: str | Path | None = None) -> tuple[str, Path]:
-    "Render the notebooks in `src` (default `nbs/`) into `_docs/`: `nbdev-docs` with Quarto, else the plain-HTML fallback."
+def render_site(root: str | Path | None = None, *, quarto: bool | None = None, src: str | Path | None = None) -> tuple[str, Path]:
+    "Render the notebooks in `src` (default `nbs/`) into `_docs/`: `nbdev-docs` with Quarto, else MkDocs Material."
     root = project_root(root)
     if quarto is None: quarto = shutil.which("quarto") is not None
     if quarto:
         args = f"path={str(Path(src).resolve())!r}" if src is not None else ""
         subprocess.run([sys.executable, "-c", _PROC.format(fn="nbdev_docs", args=args)], cwd=root, check=True)
         return "quarto (nbdev-docs)", root / "_docs"
-    site = render_fallback_site(root, src=src, progress=progress)
-    return "plain HTML fallback (nbconvert; Quarto is not installed)", site
+    return "MkDocs Material (Quarto is not installed)", render_mkdocs_site(root, src=src)
 
 # %% ../nbs/00b_cli.ipynb #9645320e
 def _build_dir(root: Path) -> Path:
