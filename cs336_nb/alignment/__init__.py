@@ -14,9 +14,9 @@ __all__ = ['ALPACA_TEMPLATE', 'CHAT_ROLES', 'alpaca_prompt', 'format_chat', 'cha
            'dpo_loss', 'simpo_loss', 'sample_preference_pairs', 'DPOConfig', 'dpo', 'dpo_cli', 'LossType',
            'reinforce_gradient_samples', 'compute_group_normalized_rewards', 'compute_naive_policy_gradient_loss',
            'compute_grpo_clip_loss', 'compute_policy_gradient_loss', 'kl_k3', 'grpo_microbatch_train_step',
-           'gsm8k_reward', 'GRPOConfig', 'rollout_and_score', 'grpo', 'grpo_cli']
+           'gsm8k_reward', 'GRPOConfig', 'rollout_and_score', 'grpo', 'grpo_cli', 'grpo_summary']
 
-# %% ../../nbs/12_alignment.ipynb #e5ae1b9a
+# %% ../../nbs/12_alignment.ipynb #5659544f
 from .sft import (
     ALPACA_TEMPLATE, CHAT_ROLES, alpaca_prompt, format_chat, chat_prompt_and_response, encode_text,
     special_ids, byte_tokenizer, pack_prompt_response, tokenize_prompt_and_output, compute_entropy,
@@ -29,7 +29,7 @@ from .preference import (
 from .rl import (
     LossType, reinforce_gradient_samples, compute_group_normalized_rewards,
     compute_naive_policy_gradient_loss, compute_grpo_clip_loss, compute_policy_gradient_loss, kl_k3,
-    grpo_microbatch_train_step, gsm8k_reward, GRPOConfig, rollout_and_score, grpo, grpo_cli)
+    grpo_microbatch_train_step, gsm8k_reward, GRPOConfig, rollout_and_score, grpo, grpo_cli, grpo_summary)
 
 _all_ = [
     'ALPACA_TEMPLATE', 'CHAT_ROLES', 'alpaca_prompt', 'format_chat', 'chat_prompt_and_response',
@@ -41,4 +41,5 @@ _all_ = [
     'per_instance_dpo_loss', 'dpo_loss', 'simpo_loss', 'sample_preference_pairs', 'DPOConfig', 'dpo',
     'dpo_cli', 'LossType', 'reinforce_gradient_samples', 'compute_group_normalized_rewards',
     'compute_naive_policy_gradient_loss', 'compute_grpo_clip_loss', 'compute_policy_gradient_loss', 'kl_k3',
-    'grpo_microbatch_train_step', 'gsm8k_reward', 'GRPOConfig', 'rollout_and_score', 'grpo', 'grpo_cli']
+    'grpo_microbatch_train_step', 'gsm8k_reward', 'GRPOConfig', 'rollout_and_score', 'grpo', 'grpo_cli',
+    'grpo_summary']
