@@ -145,16 +145,26 @@ def _check_cfg(cfg) -> None:
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
 
 
+def _ffn_params(cfg) -> tuple[int, int]:
+    "(total, active per token) FFN parameters of all layers; an MoE layer (Lecture 5) activates its router, top-k and shared experts."
+    dense = (3 if cfg.ffn == "swiglu" else 2) * cfg.d_model * cfg.d_ff
+    moe = getattr(cfg, "moe", None)
+    if moe is None: return cfg.num_layers * dense, cfg.num_layers * dense
+    per = [moe.ffn_params(cfg.d_model, cfg.d_ff) if moe.is_moe_layer(i) else (dense, dense) for i in range(cfg.num_layers)]
+    return sum(t for t, _ in per), sum(a for _, a in per)
+
+
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
-    "Parameters of a `TransformerLM` by component (tied embeddings counted once, under 'embeddings')."
+    "Parameters of a `TransformerLM` by component (tied embeddings counted once, under 'embeddings'); MoE configs add 'active' (per token)."
     _check_cfg(cfg)
     d, hd, L = cfg.d_model, cfg.d_head, cfg.num_layers
     norm = d if cfg.norm == "rms" else 2 * d
     attn = L * (d * hd * (2 * cfg.num_heads + 2 * cfg.kv_heads) + (2 * hd if cfg.qk_norm else 0))
-    ffn = L * (3 if cfg.ffn == "swiglu" else 2) * d * cfg.d_ff
+    ffn, ffn_active = _ffn_params(cfg)
     out = dict(embeddings=cfg.vocab_size * d, attention=attn, ffn=ffn, norms=(2 * L + 1) * norm,
                lm_head=0 if cfg.tie_embeddings else cfg.vocab_size * d)
     out["total"] = sum(out.values())
+    if getattr(cfg, "moe", None) is not None: out["active"] = out["total"] - ffn + ffn_active  # the unchosen experts idle
     return out
 
 
@@ -166,7 +176,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, f
     d, hd, h, L = cfg.d_model, cfg.d_head, cfg.num_heads, cfg.num_layers
     out = dict(attention_proj=L * 2 * d * hd * (2 * h + 2 * cfg.kv_heads),
                attention_scores=L * 4 * T * h * hd,
-               ffn=L * 2 * (3 if cfg.ffn == "swiglu" else 2) * d * cfg.d_ff,
+               ffn=2 * _ffn_params(cfg)[1],  # active FFN parameters: an MoE token visits only k experts
                lm_head=2 * d * cfg.vocab_size)
     out["total"] = sum(out.values())
     return out

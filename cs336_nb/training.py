@@ -420,6 +420,7 @@ class TrainConfig:
     attn_backend: str = "auto"       # "auto": "sdpa" on GPU, the lecture's "naive" attention on CPU
     dropout: float = 0.0
     ema_decay: float | None = None   # evaluate (and keep as best) an exponential moving average of the weights
+    moe: dict | None = None          # mixture-of-experts FFNs: `cs336_nb.model.MoEConfig` fields (Lecture 5); None: dense
     # optimization (AdamW, warmup + cosine, global-norm clipping)
     batch_size: int = 32
     max_iters: int = 1000
@@ -454,6 +455,10 @@ class TrainConfig:
     def __post_init__(self):
         _check_config(self)
         if self.d_model % self.num_heads: raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        if self.moe is not None:  # the fields of MoEConfig, checked by it (unknown keys are a TypeError)
+            from cs336_nb.model import MoEConfig
+            if not isinstance(self.moe, dict): raise TypeError(f"TrainConfig.moe must be a dict of MoEConfig fields or None, got {self.moe!r}")
+            MoEConfig(**self.moe)
         if self.batch_size < 1 or self.max_iters < 1: raise ValueError("batch_size and max_iters must be >= 1")
         if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"): raise ValueError(f"dtype must be auto/bfloat16/float16/float32, got {self.dtype!r}")
@@ -500,7 +505,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: str | torch.device | 
     backend = cfg.attn_backend if cfg.attn_backend != "auto" else ("sdpa" if device.type == "cuda" else "naive")
     return TransformerLM(vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ffn_dim,
                          cfg.rope_theta, num_kv_heads=cfg.num_kv_heads, tie_embeddings=cfg.tie_embeddings,
-                         attn_backend=backend, device=device)
+                         attn_backend=backend, moe=cfg.moe, device=device)
 
 def train(config: TrainConfig | dict) -> dict:
     "Train a `TransformerLM` as `config` says; returns the history, final/best validation loss and bits per byte, throughput, the model and tokenizer."
@@ -528,7 +533,8 @@ def train(config: TrainConfig | dict) -> dict:
 
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:  # model + loss in one graph: the compiler fuses the softmax into few kernels
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            return cross_entropy(model(x), y)
+            loss = cross_entropy(model(x), y)
+            return loss + model.moe_aux_loss() if cfg.moe is not None else loss  # MoE: + the layers' balance losses
     step_loss = torch.compile(loss_fn) if use_compile else loss_fn
     n_params = sum(p.numel() for p in model.parameters())
     flops_per_token = _flops_per_token(model, cfg.context_length)
@@ -592,6 +598,9 @@ def train(config: TrainConfig | dict) -> dict:
             loop_time += now - t_mark
             hist["iter"].append(it + 1); hist["train_loss"].append(loss.item()); hist["lr"].append(lr)
             hist["grad_norm"].append(gnorm.item()); hist["time_s"].append(loop_time)
+            if cfg.moe is not None:  # MoE: the auxiliary loss and each layer's expert loads of this step
+                hist.setdefault("moe_aux_loss", []).append(model.moe_aux_loss().detach().item())
+                hist.setdefault("expert_load", []).append([l.tolist() for l in model.moe_loads()])
             hist["tokens_per_s"].append(tok_mark / (now - t_mark))
             pbar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", lr=f"{lr:.1e}", tok_s=f"{hist['tokens_per_s'][-1]:.3g}")
             t_mark, tok_mark = time.perf_counter(), 0
