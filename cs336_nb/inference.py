@@ -64,7 +64,7 @@ def decode_cost(cfg: ModelConfig, batch_size: int, seq_len: int, *, bandwidth: f
     return dict(params=params, weight_bytes=weights, kv_bytes=kv, memory_bytes=weights + kv, latency_s=latency,
                 tokens_per_s=batch_size / latency)
 
-# %% ../nbs/08_inference.ipynb #b6270f09
+# %% ../nbs/08_inference.ipynb #2784f71b
 def kv_cache_table(cfg: ModelConfig, seq_len: int, *, latent_dim: int = 512, rope_dim: int = 64, share_layers: int = 2,
                    window: int = 4096, dtype: torch.dtype = torch.bfloat16) -> list[dict]:
     "Bytes per token and per `seq_len`-token sequence of the KV cache of `cfg` under MHA, GQA, MQA, latent, cross-layer and sliding-window variants."
@@ -79,7 +79,7 @@ def kv_cache_table(cfg: ModelConfig, seq_len: int, *, latent_dim: int = 512, rop
     }
     return [dict(kind=k, variant=name, bytes_per_token=v, per_sequence=v * seq_len) for k, (name, v) in per_token.items()]
 
-# %% ../nbs/08_inference.ipynb #0c92f6b9
+# %% ../nbs/08_inference.ipynb #d482f358
 @dataclass(eq=False)
 class RingKVCache:
     "A sliding-window cache: `window` slots per row, slot p % window holding position p; `pos` is -1 where empty."
@@ -101,7 +101,7 @@ def _rope_qkv(attn, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if attn.rope is not None: q, k = attn.rope(q, pos[:, None]), attn.rope(k, pos[:, None])
     return q, k, v
 
-# %% ../nbs/08_inference.ipynb #4c543ce7
+# %% ../nbs/08_inference.ipynb #6331fe54
 from .model import MultiHeadSelfAttention
 
 
@@ -140,7 +140,7 @@ class SlidingWindowAttention(MultiHeadSelfAttention):
             cache.lengths += T
         return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
-# %% ../nbs/08_inference.ipynb #adefd2e5
+# %% ../nbs/08_inference.ipynb #5076812e
 @dataclass(eq=False)
 class LatentKVCache:
     "Preallocated latents (batch, max_seq_len, latent_dim) and shared RoPE keys (batch, max_seq_len, rope_dim), with per-row lengths."
@@ -173,7 +173,7 @@ class LatentAttention(nn.Module):
         z = lambda n: torch.zeros(batch_size, max_seq_len, n, dtype=dtype, device=device)
         return LatentKVCache(z(self.latent_dim), z(self.rope_dim), torch.zeros(batch_size, dtype=torch.long, device=device))
 
-# %% ../nbs/08_inference.ipynb #39043154
+# %% ../nbs/08_inference.ipynb #0cfc4ae4
 @patch
 def forward(self: LatentAttention, x: Float[Tensor, "batch seq d_model"], cache: LatentKVCache | None = None, *,
             absorb: bool = True) -> Float[Tensor, "batch seq d_model"]:
@@ -209,7 +209,7 @@ def forward(self: LatentAttention, x: Float[Tensor, "batch seq d_model"], cache:
         out = attn @ v
     return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
-# %% ../nbs/08_inference.ipynb #0b0c4e5d
+# %% ../nbs/08_inference.ipynb #cdb58a3a
 def decode_bytes_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, dtype: torch.dtype = torch.bfloat16) -> float:
     "Bytes one decode step reads: the weights (not the untied input embedding table) and batch x seq_len tokens of K/V."
     weights = cfg.num_params() - (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
@@ -238,7 +238,7 @@ def time_decode(model: TransformerLM, batch_size: int, *, prompt_len: int = 32, 
     return dict(batch=batch_size, prefill_s=t1 - t0, step_s=step, ms_per_token=step * 1e3, tokens_per_s=batch_size / step,
                 prefill_tokens_per_s=batch_size * prompt_len / (t1 - t0))
 
-# %% ../nbs/08_inference.ipynb #fb5c030e
+# %% ../nbs/08_inference.ipynb #59f58eeb
 def plot_decode_sweep(rows: list[dict], bound_tokens_per_s: list[float], title: str = "", ax=None):
     "Measured decode tokens/s and ms per step against batch size, with the bandwidth bound."
     if ax is None: _, ax = _subplots(1, 2, figsize=(10, 3.8))
@@ -258,7 +258,7 @@ def _subplots(*args, **kw):
     import matplotlib.pyplot as plt
     return plt.subplots(*args, **kw)
 
-# %% ../nbs/08_inference.ipynb #bfc9738c
+# %% ../nbs/08_inference.ipynb #22f78f04
 def _probs(logits: Tensor, temperature: float) -> Tensor:
     "softmax(logits / temperature) in float32 (temperature > 0)."
     return torch.softmax(logits.float() / temperature, dim=-1)
@@ -280,7 +280,7 @@ def _as_prompt(prompt_ids) -> list[int]:
         raise TypeError("prompt_ids must be a non-empty list of token ids or a 1-D LongTensor")
     return list(prompt_ids)
 
-# %% ../nbs/08_inference.ipynb #b06c2d34
+# %% ../nbs/08_inference.ipynb #f8d0aabf
 def _accept(draft_tokens: list[int], p: list[Tensor], q: Tensor, temperature: float, generator) -> tuple[int, int]:
     "Modified rejection sampling: (number of draft tokens accepted, the token that follows them)."
     for i, x in enumerate(draft_tokens):
@@ -294,7 +294,7 @@ def _accept(draft_tokens: list[int], p: list[Tensor], q: Tensor, temperature: fl
         return i, _pick(residual / residual.sum() if residual.sum() > 0 else q[i], temperature, generator)
     return len(draft_tokens), _pick(q[len(draft_tokens)], temperature, generator)  # all accepted: a bonus token
 
-# %% ../nbs/08_inference.ipynb #0c664810
+# %% ../nbs/08_inference.ipynb #59d7f48a
 @torch.no_grad()
 def speculative_generate(target: TransformerLM, draft: TransformerLM, prompt_ids: Sequence[int] | Tensor, max_new_tokens: int, *,
                          lookahead: int = 4, temperature: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
@@ -327,7 +327,7 @@ def speculative_generate(target: TransformerLM, draft: TransformerLM, prompt_ids
     stats["tokens_per_round"] = (len(seq) - len(prompt)) / max(stats["rounds"], 1)
     return torch.tensor(seq[:len(prompt) + max_new_tokens], dtype=torch.long), stats
 
-# %% ../nbs/08_inference.ipynb #9153c78f
+# %% ../nbs/08_inference.ipynb #a7772baa
 def measure_speculative(target: TransformerLM, draft: TransformerLM, prompts: list[list[int]], max_new_tokens: int, *,
                         lookahead: int = 4, temperature: float = 1.0, seed: int = 0) -> dict:
     "Acceptance rate, tokens per round and wall-clock speed-up of `speculative_generate` over `target.generate`, summed over `prompts`."
@@ -352,7 +352,7 @@ def expected_tokens_per_round(acceptance: float, lookahead: int) -> float:
     if not 0 <= acceptance <= 1: raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
     return lookahead + 1.0 if acceptance == 1 else (1 - acceptance ** (lookahead + 1)) / (1 - acceptance)
 
-# %% ../nbs/08_inference.ipynb #8af167e9
+# %% ../nbs/08_inference.ipynb #62f29880
 def load_trained(checkpoint: str | Path, *, device: str | torch.device = "cpu") -> tuple[TransformerLM, object]:
     "A model saved by Lecture 4's `train` (checkpoint file or its run folder) and the run's tokenizer."
     from cs336_nb.tokenization import Tokenizer
@@ -384,7 +384,7 @@ def load_hf_with_tokenizer(name_or_dir: str, *, device: str | torch.device = "cp
     eos = json.loads((folder / "config.json").read_text()).get("eos_token_id")
     return model.eval(), HFTokenizer.from_file(str(folder / "tokenizer.json")), eos[0] if isinstance(eos, list) else eos
 
-# %% ../nbs/08_inference.ipynb #83da3c4d
+# %% ../nbs/08_inference.ipynb #7f6d2281
 class _HFTok:
     "Adapter: a `tokenizers.Tokenizer` with encode(str) -> list[int] and decode(ids) -> str."
     def __init__(self, tok): self.tok = tok
@@ -412,7 +412,7 @@ def _quantize(model, how: str | None):
     out = fn(model)
     return model if out is None else out
 
-# %% ../nbs/08_inference.ipynb #88ede511
+# %% ../nbs/08_inference.ipynb #b400c604
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cs336-nb generate", description="Stream a continuation of --prompt from a trained or Hugging Face model.")
     src = p.add_mutually_exclusive_group(required=True)
@@ -431,7 +431,7 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     return p
 
-# %% ../nbs/08_inference.ipynb #4748afb3
+# %% ../nbs/08_inference.ipynb #8f58beda
 def generate_cli(argv: Sequence[str] | None = None) -> int:
     "`cs336-nb generate (--checkpoint PATH | --hf NAME_OR_DIR) --prompt ...`: stream a continuation, then tokens/s on stderr."
     from cs336_nb.core import get_device
