@@ -11,6 +11,7 @@ import functools
 import json
 import multiprocessing as mp
 import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -85,7 +86,8 @@ def output_name(path: Path) -> str:
 
 
 def _write_atomic(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    "Write via a temporary name unique to this process and thread, then rename."
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         tmp.write_text(data, encoding="utf-8"); os.replace(tmp, path)
     finally:
@@ -163,12 +165,23 @@ def _check_inputs(input_files, output_dir) -> tuple[list[Path], Path]:
 def _local_results(files, out, stages, workers):
     "Yield shard stats from this process (workers=0) or a forkserver process pool."
     if workers == 0:
-        for f in files: yield process_shard(f, out, stages)
+        failed = None
+        for f in files:
+            try:
+                r = process_shard(f, out, stages)
+            except Exception as e:
+                failed = failed or e; continue
+            yield r
+        if failed is not None: raise failed
         return
     ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
     if ctx.get_start_method() == "forkserver": ctx.set_forkserver_preload([__name__])
+    failed = None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        for fut in as_completed([ex.submit(process_shard, f, out, stages) for f in files]): yield fut.result()
+        for fut in as_completed([ex.submit(process_shard, f, out, stages) for f in files]):
+            if fut.exception() is not None: failed = failed or fut; continue
+            yield fut.result()
+    if failed is not None: failed.result()                        # re-raise the first failure, after the others
 
 
 def _dask_results(files, out, stages, client):
@@ -178,7 +191,11 @@ def _dask_results(files, out, stages, client):
     c = Client(client) if own else client
     try:
         futs = c.map(process_shard, [str(f) for f in files], output_dir=str(out), stages=list(stages), pure=False)
-        for fut in dask_as_completed(futs): yield fut.result()
+        failed = None
+        for fut in dask_as_completed(futs):
+            if fut.status == "error": failed = failed or fut; continue
+            yield fut.result()
+        if failed is not None: failed.result()                    # re-raise the first failure, after the others
     finally:
         if own: c.close()
 
