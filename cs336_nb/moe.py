@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from .model import MoEConfig, SwiGLU, _to_compute_dtype, silu
 
 # %% auto #0
-__all__ = ['Scoring', 'GroupedMM', 'DISPATCH', 'route', 'load_balancing_loss', 'router_z_loss', 'expert_load', 'expert_capacity',
-           'capacity_mask', 'dispatch_naive', 'sort_slots', 'dispatch_sorted', 'dispatch_grouped', 'dispatch_triton',
-           'Router', 'Experts', 'MoE']
+__all__ = ['Scoring', 'GroupedMM', 'DISPATCH', 'MOE_MODELS', 'route', 'load_balancing_loss', 'router_z_loss', 'expert_load',
+           'expert_capacity', 'capacity_mask', 'dispatch_naive', 'sort_slots', 'dispatch_sorted', 'dispatch_grouped',
+           'dispatch_triton', 'Router', 'Experts', 'MoE', 'mla_attention_params', 'moe_model_table', 'upcycle']
 
 # %% ../nbs/05_moe.ipynb #ef5c894a
 Scoring = Literal["softmax", "sigmoid"]
@@ -272,3 +272,63 @@ def _record(self: MoE, logits: Tensor, scores: Tensor, idx: Tensor, keep: Tensor
 def update_bias(self: MoE, load: Float[Tensor, "experts"]) -> None:
     "DeepSeek-V3's auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower the over-loaded ones'."
     self.router.bias.add_(self.bias_update_rate * torch.sign(load.mean() - load))
+
+# %% ../nbs/05_moe.ipynb #d80a645e
+def mla_attention_params(d_model: int, num_heads: int, q_lora_rank: int, kv_lora_rank: int, qk_nope_head_dim: int,
+                         qk_rope_head_dim: int, v_head_dim: int) -> int:
+    "Parameters of one multi-head latent attention layer (DeepSeek-V2/V3): low-rank queries, a joint low-rank key-value."
+    qk = qk_nope_head_dim + qk_rope_head_dim
+    return (d_model * q_lora_rank + q_lora_rank + q_lora_rank * num_heads * qk          # queries: down, norm, up
+            + d_model * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank                # keys/values: joint down (+ rope key), norm
+            + kv_lora_rank * num_heads * (qk_nope_head_dim + v_head_dim)                # per-head keys and values: up
+            + num_heads * v_head_dim * d_model)                                         # output
+
+
+def _moe_cfg(V, d, L, h, kv, f, moe, **kw):
+    from cs336_nb.model import ModelConfig
+    return ModelConfig(vocab_size=V, context_length=4096, d_model=d, num_layers=L, num_heads=h, num_kv_heads=kv, d_ff=f,
+                       moe=moe, **kw)
+
+MOE_MODELS: dict = {  # name: (config, attention params per layer if not standard, published total, published active, source)
+    "Mixtral-8x7B": (_moe_cfg(32000, 4096, 32, 32, 8, 14336, MoEConfig(8, 2)), None, 46.7e9, 12.9e9,
+                     "Jiang et al. 2024, arXiv:2401.04088"),
+    "OLMoE-1B-7B": (_moe_cfg(50304, 2048, 16, 16, None, 1024, MoEConfig(64, 8, norm_topk=False), qk_norm=True), None,
+                    6.9e9, 1.3e9, "Muennighoff et al. 2024, arXiv:2409.02060"),
+    "Qwen3-30B-A3B": (_moe_cfg(151936, 2048, 48, 32, 4, 6144, MoEConfig(128, 8, d_ff=768), head_dim=128, qk_norm=True),
+                      None, 30.5e9, 3.3e9, "Qwen3 model card; Yang et al. 2025, arXiv:2505.09388"),
+    "DeepSeek-V3": (_moe_cfg(129280, 7168, 61, 128, None, 18432, MoEConfig(256, 8, d_ff=2048, first_dense=3, num_shared_experts=1,
+                             scoring="sigmoid", routed_scaling=2.5, n_groups=8, topk_groups=4)),
+                    mla_attention_params(7168, 128, 1536, 512, 128, 64, 128), 671e9, 37e9, "DeepSeek-AI 2024, arXiv:2412.19437"),
+}
+
+
+def moe_model_table(models: dict | None = None, seq_len: int = 4096) -> list[dict]:
+    "Total and active parameters and forward FLOPs per token of MoE configs, from `cs336_nb.accounting`."
+    from cs336_nb.accounting import param_counts, flops_per_token
+    rows = []
+    for name, (cfg, attn, total_pub, active_pub, _src) in (MOE_MODELS if models is None else models).items():
+        p, fl = param_counts(cfg), flops_per_token(cfg, seq_len)
+        fix = 0 if attn is None else cfg.num_layers * attn - p["attention"]      # MLA in place of standard attention
+        fwd = fl["total"] + (0 if attn is None else 2 * fix)
+        rows.append(dict(model=name, total=p["total"] + fix, active=p["active"] + fix, published_total=total_pub,
+                         published_active=active_pub, active_fraction=(p["active"] + fix) / (p["total"] + fix),
+                         forward_flops_per_token=fwd))
+    return rows
+
+# %% ../nbs/05_moe.ipynb #a82d3b96
+@torch.no_grad()
+def upcycle(dense: nn.Module, moe: MoEConfig | dict) -> nn.Module:
+    "A `TransformerLM` with MoE layers whose experts all start as copies of `dense`'s FFN in that layer (sparse upcycling)."
+    from cs336_nb.model import TransformerLM
+    moe = MoEConfig(**moe) if isinstance(moe, dict) else moe
+    cfg = dense.config
+    if cfg.moe is not None: raise ValueError("dense: expected a model without MoE layers")
+    if moe.expert_d_ff(cfg.d_ff) != cfg.d_ff: raise ValueError(f"moe.d_ff must be None or the dense d_ff={cfg.d_ff}, got {moe.d_ff}")
+    p = next(dense.parameters())
+    model = TransformerLM.from_config(cfg.replace(moe=moe), device=p.device, dtype=p.dtype)
+    model.load_state_dict(dense.state_dict(), strict=False)     # everything but the MoE layers' FFNs
+    for layer, src in zip(model.layers, dense.layers):
+        if hasattr(layer.ffn, "experts"):                          # an MoE layer (duck-typed: a notebook's MoE too)
+            for name in ("w1", "w2", "w3"):                       # (E, ...) <- E copies of the dense (d_ff, d) / (d, d_ff)
+                getattr(layer.ffn.experts, name).copy_(getattr(src.ffn, name).weight.expand_as(getattr(layer.ffn.experts, name)))
+    return model

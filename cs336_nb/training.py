@@ -445,6 +445,7 @@ class TrainConfig:
     checkpoint_interval: int | None = None  # None: only at the end (and the best-so-far when keep_best)
     keep_best: bool = True
     resume: bool = False
+    init_checkpoint: str | None = None  # start from these model weights (e.g. an upcycled MoE), fresh optimizer and step 0
     # system
     device: str = "auto"
     dtype: str = "auto"              # autocast dtype: "auto" = bfloat16 on GPU, float32 on CPU
@@ -544,6 +545,7 @@ def train(config: TrainConfig | dict) -> dict:
     hist = dict(iter=[], train_loss=[], lr=[], grad_norm=[], tokens_per_s=[], time_s=[],
                 val_iter=[], val_loss=[], val_bpb=[], val_time_s=[])
     start_iter, best_val = 0, float("inf")
+    if cfg.init_checkpoint and not (cfg.resume and ckpt_path.exists()): load_checkpoint(cfg.init_checkpoint, model)
     if cfg.resume and ckpt_path.exists():
         start_iter = load_checkpoint(ckpt_path, model, optimizer)
         extra = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]
