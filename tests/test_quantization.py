@@ -1,0 +1,141 @@
+"Weight-only quantization (Lecture 8b): error bounds, packing, layers and models, state dicts, the Triton kernels (interpreter on CPU)."
+import copy
+
+import pytest
+import torch
+
+from cs336_nb.model import Linear, ModelConfig, TransformerLM
+from cs336_nb.quantization import (Int4Linear, Int8Linear, dequantize_int4, dequantize_int8, int4_weight_matmul,
+                                   int8_weight_matmul, model_bytes, pack_int4, quantize_int4, quantize_int8,
+                                   quantize_weight_int4, quantize_weight_int8, unpack_int4)
+
+
+def _w(n=48, k=256, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, k, generator=g) * torch.linspace(0.05, 4, n)[:, None]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_error_within_half_a_step(dtype):
+    w = _w(dtype=dtype)
+    q, s = quantize_weight_int8(w)
+    assert q.dtype == torch.int8 and s.dtype == dtype and s.shape == (w.shape[0],)
+    err = (w.float() - q.float() * s.float()[:, None]).abs()
+    assert (err <= s.float()[:, None] / 2 * (1 + 1e-2) + 1e-7).all()
+    assert q.abs().max() == 127  # the absmax weight of each row maps to +-127
+
+
+@pytest.mark.parametrize("G", [32, 64, 128])
+def test_int4_error_within_half_a_step(G):
+    w = _w()
+    p, s, z = quantize_weight_int4(w, G)
+    assert p.shape == (48, 128) and p.dtype == torch.uint8 and s.shape == z.shape == (48, 256 // G)
+    err = (w - dequantize_int4(p, s, z)).abs()
+    assert (err <= s.repeat_interleave(G, dim=1) / 2 + 1e-6).all()
+    codes = unpack_int4(p)
+    assert codes.max() <= 15 and codes.min() >= 0
+
+
+def test_pack_unpack_round_trip_and_layout():
+    c = torch.randint(0, 16, (5, 64), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(unpack_int4(pack_int4(c)), c.to(torch.uint8))
+    assert pack_int4(torch.tensor([[3, 12]])).item() == 3 | (12 << 4)
+    with pytest.raises(ValueError, match="even"): pack_int4(torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="divisible by group_size=128"): quantize_weight_int4(torch.randn(4, 96))
+    with pytest.raises(ValueError, match="group_size must be a positive even int"): quantize_weight_int4(torch.randn(4, 96), 3)
+    with pytest.raises(TypeError, match="2-D floating-point"): quantize_weight_int8(torch.randn(3))
+    with pytest.raises(ValueError, match="backend must be one of"): Int8Linear.from_linear(Linear(8, 8), backend="x")(torch.randn(1, 8))
+    with pytest.raises(TypeError, match="model must be an nn.Module"): quantize_int8("model")
+
+
+@pytest.mark.parametrize("make", [lambda l: Int8Linear.from_linear(l), lambda l: Int4Linear.from_linear(l, 64)])
+def test_layer_equals_matmul_with_the_dequantized_weight(make):
+    torch.manual_seed(0)
+    lin = Linear(128, 40)
+    q = make(lin)
+    w = dequantize_int8(q.weight, q.scale) if isinstance(q, Int8Linear) else q.dequantized_weight()
+    x = torch.randn(2, 7, 128)
+    torch.testing.assert_close(q(x), x @ w.T, atol=1e-4, rtol=1e-4)
+    assert (q(x) - lin(x)).norm() / lin(x).norm() < (0.01 if isinstance(q, Int8Linear) else 0.1)
+
+
+def test_torch_backends_agree():
+    torch.manual_seed(0)
+    lin = Linear(256, 64)
+    x = torch.randn(3, 256)
+    torch.testing.assert_close(Int8Linear.from_linear(lin, backend="torch")(x), Int8Linear.from_linear(lin)(x), atol=1e-4, rtol=1e-4)
+    try:
+        got = Int4Linear.from_linear(lin, backend="torch")(x.bfloat16()).float()
+    except (RuntimeError, NotImplementedError, AttributeError):
+        pytest.skip("no int4 weight-only op in this torch build")
+    torch.testing.assert_close(got, Int4Linear.from_linear(lin)(x.bfloat16()).float(), atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 64, 128), (3, 72, 384), (17, 40, 256)])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_triton_int8_kernel(M, N, K, split_k):
+    w, x = _w(N, K), torch.randn(M, K, generator=torch.Generator().manual_seed(1))
+    q, s = quantize_weight_int8(w)
+    torch.testing.assert_close(int8_weight_matmul(x, q, s, split_k=split_k), x @ dequantize_int8(q, s).T, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("M,N,K,G", [(1, 64, 128, 128), (3, 72, 384, 128), (2, 40, 256, 32), (5, 16, 512, 256)])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_triton_int4_kernel(M, N, K, G, split_k):
+    w, x = _w(N, K), torch.randn(M, K, generator=torch.Generator().manual_seed(1))
+    p, s, z = quantize_weight_int4(w, G)
+    torch.testing.assert_close(int4_weight_matmul(x, p, s, z, G, split_k=split_k), x @ dequantize_int4(p, s, z).T, atol=1e-3, rtol=1e-4)
+
+
+def test_triton_backend_in_the_layers():
+    torch.manual_seed(0)
+    lin = Linear(256, 48)
+    x = torch.randn(4, 256)
+    for a, b in [(Int8Linear.from_linear(lin, backend="triton"), Int8Linear.from_linear(lin)),
+                 (Int4Linear.from_linear(lin, backend="triton"), Int4Linear.from_linear(lin))]:
+        torch.testing.assert_close(a(x), b(x), atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fn,cls", [(quantize_int8, Int8Linear), (lambda m, **k: quantize_int4(m, 64, **k), Int4Linear)])
+def test_model_quantization_state_dict_round_trip(fn, cls, tmp_path):
+    cfg = ModelConfig.tiny(num_layers=2, d_model=128, d_ff=256, num_kv_heads=2, vocab_size=97, context_length=32)
+    torch.manual_seed(0)
+    base = TransformerLM.from_config(cfg).eval()
+    qm = fn(copy.deepcopy(base))
+    assert all(type(m) is not Linear for m in qm.modules())  # every Linear replaced, the LM head too (untied)
+    assert type(qm.layers[1].ffn.w2) is cls
+    torch.save(qm.state_dict(), tmp_path / "q.pt")
+    torch.manual_seed(1)
+    fresh = fn(TransformerLM.from_config(cfg)).eval()
+    fresh.load_state_dict(torch.load(tmp_path / "q.pt"))
+    ids = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), qm(ids))
+        assert (qm(ids) - base(ids)).abs().max() < 1.0
+    assert model_bytes(qm) < model_bytes(base) * (0.4 if cls is Int8Linear else 0.3)
+
+
+def test_tied_head_kept_unless_asked():
+    cfg = ModelConfig.tiny(num_layers=1, d_model=128, d_ff=256, tie_embeddings=True)
+    m = quantize_int8(TransformerLM.from_config(cfg))
+    assert type(m.lm_head) is Linear and m.lm_head.weight is m.token_embeddings.weight
+    assert type(quantize_int8(TransformerLM.from_config(cfg), lm_head=True).lm_head) is Int8Linear
+    assert type(quantize_int8(TransformerLM.from_config(ModelConfig.tiny(num_layers=1)), lm_head=False).lm_head) is Linear
+
+
+def test_quantized_model_generates_like_its_dequantized_twin():
+    cfg = ModelConfig.tiny(num_layers=2, d_model=128, d_ff=256, vocab_size=97, context_length=32)
+    torch.manual_seed(0)
+    qm = quantize_int8(TransformerLM.from_config(cfg)).eval()
+    twin = TransformerLM.from_config(cfg).eval()  # the same function with float weights
+    sd = {k: v for k, v in qm.state_dict().items()}
+    with torch.no_grad():
+        for name, mod in qm.named_modules():
+            if isinstance(mod, Int8Linear): twin.get_submodule(name).weight.copy_(dequantize_int8(mod.weight, mod.scale))
+        for k, v in twin.state_dict().items():
+            if k in sd and sd[k].dtype == v.dtype and sd[k].shape == v.shape: v.copy_(sd[k])
+    prompt = torch.randint(0, 97, (2, 5))
+    assert torch.equal(qm.generate(prompt, 10, temperature=0), twin.generate(prompt, 10, temperature=0))
