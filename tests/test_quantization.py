@@ -10,6 +10,10 @@ from cs336_nb.quantization import (Int4Linear, Int8Linear, dequantize_int4, dequ
                                    quantize_weight_int4, quantize_weight_int8, unpack_int4)
 
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # Triton kernels: the GPU, else the interpreter (conftest)
+TOL = 0.2 if DEV == "cuda" else 1e-3  # tl.dot on float32 inputs uses TF32 on the GPU
+
+
 def _w(n=48, k=256, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, k, generator=g) * torch.linspace(0.05, 4, n)[:, None]).to(dtype)
@@ -77,26 +81,26 @@ def test_torch_backends_agree():
 @pytest.mark.parametrize("M,N,K", [(1, 64, 128), (3, 72, 384), (17, 40, 256)])
 @pytest.mark.parametrize("split_k", [1, 2])
 def test_triton_int8_kernel(M, N, K, split_k):
-    w, x = _w(N, K), torch.randn(M, K, generator=torch.Generator().manual_seed(1))
+    w, x = _w(N, K).to(DEV), torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(DEV)
     q, s = quantize_weight_int8(w)
-    torch.testing.assert_close(int8_weight_matmul(x, q, s, split_k=split_k), x @ dequantize_int8(q, s).T, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(int8_weight_matmul(x, q, s, split_k=split_k), x @ dequantize_int8(q, s).T, atol=TOL, rtol=1e-4)
 
 
 @pytest.mark.parametrize("M,N,K,G", [(1, 64, 128, 128), (3, 72, 384, 128), (2, 40, 256, 32), (5, 16, 512, 256)])
 @pytest.mark.parametrize("split_k", [1, 3])
 def test_triton_int4_kernel(M, N, K, G, split_k):
-    w, x = _w(N, K), torch.randn(M, K, generator=torch.Generator().manual_seed(1))
+    w, x = _w(N, K).to(DEV), torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(DEV)
     p, s, z = quantize_weight_int4(w, G)
-    torch.testing.assert_close(int4_weight_matmul(x, p, s, z, G, split_k=split_k), x @ dequantize_int4(p, s, z).T, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(int4_weight_matmul(x, p, s, z, G, split_k=split_k), x @ dequantize_int4(p, s, z).T, atol=TOL, rtol=1e-4)
 
 
 def test_triton_backend_in_the_layers():
     torch.manual_seed(0)
-    lin = Linear(256, 48)
-    x = torch.randn(4, 256)
+    lin = Linear(256, 48, device=DEV)
+    x = torch.randn(4, 256, device=DEV)
     for a, b in [(Int8Linear.from_linear(lin, backend="triton"), Int8Linear.from_linear(lin)),
                  (Int4Linear.from_linear(lin, backend="triton"), Int4Linear.from_linear(lin))]:
-        torch.testing.assert_close(a(x), b(x), atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(a(x), b(x), atol=TOL, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fn,cls", [(quantize_int8, Int8Linear), (lambda m, **k: quantize_int4(m, 64, **k), Int4Linear)])
