@@ -91,6 +91,7 @@ def fmt_count(n: float) -> str:
         if abs(n) >= scale: return f"{n / scale:.3g}{s}"
     return f"{n:.3g}" if isinstance(n, float) and not float(n).is_integer() else f"{int(n)}"
 
+# %% ../nbs/00_core.ipynb #c8d00641
 def fmt_duration(seconds: float) -> str:
     "A duration from nanoseconds to days: '12.3 µs', '4.56 s', '2 h 03 min', '3.4 days'."
     if not isinstance(seconds, (int, float, np.number)) or isinstance(seconds, bool):
@@ -140,6 +141,7 @@ _DTYPE_KEYS = {torch.float64: "fp64", torch.float32: "fp32", torch.bfloat16: "bf
 for _n in ("float8_e4m3fn", "float8_e5m2"):
     if hasattr(torch, _n): _DTYPE_KEYS[getattr(torch, _n)] = "fp8"
 
+# %% ../nbs/00_core.ipynb #54d4260f
 def _dtype_key(dtype: str | torch.dtype) -> str:
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPE_KEYS: raise ValueError(f"dtype {dtype} has no peak FLOP/s entry")
@@ -188,6 +190,7 @@ def mfu(flops: float, seconds: float, *, dtype: str | torch.dtype = torch.bfloat
     if flops < 0: raise ValueError(f"flops must be >= 0, got {flops}")
     return flops / seconds / peak_flops(dtype, accelerator)
 
+# %% ../nbs/00_core.ipynb #5a58cf09
 def describe_device(device: str | torch.device | None = None) -> str:
     "Which machine produced a measurement: GPU name (or CPU model and cores) and the torch version."
     dev = get_device(device)
@@ -233,6 +236,7 @@ class Timing:
         return (f"Timing(median={fmt_duration(self.median)}, IQR=[{fmt_duration(lo)}, {fmt_duration(hi)}], "
                 f"min={fmt_duration(self.min)}, n={len(self.times)}, {self.device})")
 
+# %% ../nbs/00_core.ipynb #51861809
 def benchmark(fn: Callable[[], Any], *, warmup: int = 3, reps: int = 10,
               device: str | torch.device | None = None) -> Timing:
     "Time `fn()` `reps` times after `warmup` untimed calls: CUDA events on a GPU, perf_counter on the CPU."

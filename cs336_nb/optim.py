@@ -56,7 +56,7 @@ class SGD(torch.optim.Optimizer):
                 p.add_(g, alpha=-lr)
         return loss
 
-
+# %% ../nbs/02a_optimizers.ipynb #3c603079
 class AdaGrad(torch.optim.Optimizer):
     "AdaGrad: divide each coordinate's step by the root of its summed squared gradients."
     def __init__(self, params: Iterable, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0):
@@ -77,7 +77,7 @@ class AdaGrad(torch.optim.Optimizer):
                 p.addcdiv_(g, state["sum"].sqrt().add_(group["eps"]), value=-group["lr"])
         return loss
 
-
+# %% ../nbs/02a_optimizers.ipynb #022ea0a1
 class AdamW(torch.optim.Optimizer):
     "Adam with bias correction and decoupled weight decay (Loshchilov & Hutter); matches `torch.optim.AdamW`."
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

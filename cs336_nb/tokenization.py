@@ -17,6 +17,7 @@ from itertools import chain
 from pathlib import Path
 
 import regex
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['GPT2_PATTERN', 'pretokenize_counts', 'train_bpe', 'bytes_to_unicode', 'Tokenizer', 'gpt2_tokenizer']
@@ -75,7 +76,7 @@ def _find_cut(f, pos: int, end: int, specials_b: list[bytes], window: int = 1 <<
         pos += window
     return end
 
-
+# %% ../nbs/01_tokenization.ipynb #b85cfe60
 def _chunk_bounds(path, n_chunks: int, specials_b: list[bytes]) -> list[tuple[int, int]]:
     "About `n_chunks` (start, end) byte ranges covering the file, cut at safe places."
     size = os.path.getsize(path)
@@ -113,7 +114,7 @@ def _count_text(text: str, split_re) -> Counter:
             update(findall(seg))
     return counts
 
-
+# %% ../nbs/01_tokenization.ipynb #ed21e34f
 def _count_chunk(args) -> Counter:
     path, start, end, special_tokens = args
     with open(path, "rb") as f:
@@ -129,7 +130,7 @@ def _check_workers(num_workers) -> None:
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1):
         raise ValueError(f"num_workers must be a positive int or None, got {num_workers!r}")
 
-
+# %% ../nbs/01_tokenization.ipynb #cea078ec
 def pretokenize_counts(input_path, special_tokens: list[str] | None = None, *, num_workers: int | None = None,
                        chunk_bytes: int | None = None) -> Counter:
     """Counter {pre-token: count} of a UTF-8 text file, split on `special_tokens` then pre-tokenized with GPT-2's
@@ -342,127 +343,151 @@ class Tokenizer:
         self.merges = [(bytes(a), bytes(b)) for a, b in merges]
         self._cache = _BPECache(self._bpe)
 
-    def __len__(self) -> int: return len(self.vocab)
-    @property
-    def vocab_size(self) -> int: return len(self.vocab)
-    def __repr__(self):
-        return f"Tokenizer(vocab_size={len(self.vocab)}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+# %% ../nbs/01_tokenization.ipynb #8c904408
+@patch
+def __len__(self: Tokenizer) -> int: return len(self.vocab)
 
-    def _bpe(self, word: str) -> tuple[int, ...]:
-        "Ids of one pre-token: apply the lowest-rank merge among adjacent pairs until none applies."
-        ids = [self._byte_id[x] for x in word.encode("utf-8")]
-        rank, S = self._rank, self._S
-        while len(ids) > 1:
-            best, bk = None, 0
-            for a, b in zip(ids, ids[1:]):
-                r = rank.get(a << S | b)
-                if r is not None and (best is None or r < best): best, bk = r, a << S | b
-            if best is None: break
-            a, b, X = bk >> S, bk & ((1 << S) - 1), self._new[bk]
-            out, i, n = [], 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == a and ids[i + 1] == b: out.append(X); i += 2
-                else: out.append(ids[i]); i += 1
-            ids = out
-        return tuple(ids)
 
-    def _encode_ordinary(self, text: str, out: list[int]) -> None:
-        "Append the ids of `text` (no special tokens in it) to `out`."
-        out += chain.from_iterable(map(self._cache.__getitem__, _PRETOK.findall(text)))
+@patch(as_prop=True)
+def vocab_size(self: Tokenizer) -> int: return len(self.vocab)
 
-    def encode(self, text: str) -> list[int]:
-        "Token ids of `text`; special tokens (the longest match wins) map to their ids and never merge."
-        if not isinstance(text, str): raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if len(self._cache) > self.max_cache: self._cache.clear()
-        out: list[int] = []
-        if self._split is None:
-            self._encode_ordinary(text, out)
-            return out
-        for i, part in enumerate(self._split.split(text)):
-            if i % 2: out.append(self._special_id[part])
-            elif part: self._encode_ordinary(part, out)
+
+@patch
+def __repr__(self: Tokenizer):
+    return f"Tokenizer(vocab_size={len(self.vocab)}, merges={len(self.merges)}, special_tokens={self.special_tokens})"
+
+
+@patch
+def _bpe(self: Tokenizer, word: str) -> tuple[int, ...]:
+    "Ids of one pre-token: apply the lowest-rank merge among adjacent pairs until none applies."
+    ids = [self._byte_id[x] for x in word.encode("utf-8")]
+    rank, S = self._rank, self._S
+    while len(ids) > 1:
+        best, bk = None, 0
+        for a, b in zip(ids, ids[1:]):
+            r = rank.get(a << S | b)
+            if r is not None and (best is None or r < best): best, bk = r, a << S | b
+        if best is None: break
+        a, b, X = bk >> S, bk & ((1 << S) - 1), self._new[bk]
+        out, i, n = [], 0, len(ids)
+        while i < n:
+            if i + 1 < n and ids[i] == a and ids[i + 1] == b: out.append(X); i += 2
+            else: out.append(ids[i]); i += 1
+        ids = out
+    return tuple(ids)
+
+
+@patch
+def _encode_ordinary(self: Tokenizer, text: str, out: list[int]) -> None:
+    "Append the ids of `text` (no special tokens in it) to `out`."
+    out += chain.from_iterable(map(self._cache.__getitem__, _PRETOK.findall(text)))
+
+# %% ../nbs/01_tokenization.ipynb #49072495
+@patch
+def encode(self: Tokenizer, text: str) -> list[int]:
+    "Token ids of `text`; special tokens (the longest match wins) map to their ids and never merge."
+    if not isinstance(text, str): raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if len(self._cache) > self.max_cache: self._cache.clear()
+    out: list[int] = []
+    if self._split is None:
+        self._encode_ordinary(text, out)
         return out
+    for i, part in enumerate(self._split.split(text)):
+        if i % 2: out.append(self._special_id[part])
+        elif part: self._encode_ordinary(part, out)
+    return out
 
-    def decode(self, ids: Iterable[int]) -> str:
-        "Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."
-        if isinstance(ids, (str, bytes)): raise TypeError(f"ids must be an iterable of int, got {type(ids).__name__}")
-        try: return b"".join(map(self.vocab.__getitem__, ids)).decode("utf-8", errors="replace")
-        except KeyError as e: raise ValueError(f"ids contains {e.args[0]!r}, which is not a token id") from None
-        except TypeError: raise TypeError(f"ids must be an iterable of int, got {type(ids).__name__}") from None
 
-    def _held_suffix(self, text: str) -> int:
-        "Length of the longest suffix of `text` that is a proper prefix of a special token (it may still grow into one)."
-        h = 0
-        for s in self.special_tokens:
-            for k in range(min(len(s) - 1, len(text)), h, -1):
-                if text.endswith(s[:k]): h = k; break
-        return h
+@patch
+def decode(self: Tokenizer, ids: Iterable[int]) -> str:
+    "Text of `ids`; byte sequences that are not valid UTF-8 become U+FFFD."
+    if isinstance(ids, (str, bytes)): raise TypeError(f"ids must be an iterable of int, got {type(ids).__name__}")
+    try: return b"".join(map(self.vocab.__getitem__, ids)).decode("utf-8", errors="replace")
+    except KeyError as e: raise ValueError(f"ids contains {e.args[0]!r}, which is not a token id") from None
+    except TypeError: raise TypeError(f"ids must be an iterable of int, got {type(ids).__name__}") from None
 
-    def _encode_prefix(self, text: str) -> tuple[list[int], str]:
-        "Ids of the part of `text` that more text cannot change, and the rest (to carry into the next chunk)."
-        cut = len(text)
-        if self._split is not None:
-            cut -= self._held_suffix(text)
-            for m in self._split.finditer(text, max(0, cut - max(map(len, self.special_tokens)))):
-                if m.start() < cut < m.end(): cut = m.start()   # never cut inside a (longer) special token
-        head = text[:cut]
-        parts = self._split.split(head) if self._split is not None else [head]
-        out: list[int] = []
-        for i, part in enumerate(parts[:-1]):
-            if i % 2: out.append(self._special_id[part])
-            elif part: self._encode_ordinary(part, out)
-        toks = _PRETOK.findall(parts[-1])    # the last two pre-tokens may change when more text comes
-        if len(toks) > 2:
-            out += chain.from_iterable(map(self._cache.__getitem__, toks[:-2]))
-            toks = toks[-2:]
-        return out, "".join(toks) + text[cut:]
 
-    def encode_iterable(self, iterable: Iterable[str], *, buffer_chars: int = 1 << 16) -> Iterator[int]:
-        """Lazily yield the ids of the concatenation of the strings in `iterable` (e.g. an open text file),
-        holding about `buffer_chars` characters at a time. The ids equal `encode("".join(iterable))`. Memory is
-        bounded by the longest string the iterable yields: for a file with very long lines, pass fixed-size blocks,
-        `iter(lambda: f.read(1 << 16), "")`."""
-        if isinstance(iterable, (str, bytes)) or not isinstance(iterable, Iterable):
-            raise TypeError(f"iterable must be an iterable of str (e.g. an open text file), got {type(iterable).__name__}")
-        if isinstance(buffer_chars, bool) or not isinstance(buffer_chars, int) or buffer_chars < 1:
-            raise ValueError(f"buffer_chars must be a positive int, got {buffer_chars!r}")
-        buf, n = [], 0
-        for piece in iterable:
-            if not isinstance(piece, str): raise TypeError(f"iterable must yield str, got {type(piece).__name__}")
-            buf.append(piece); n += len(piece)
-            if n < buffer_chars: continue
-            if len(self._cache) > self.max_cache: self._cache.clear()
-            ids, rest = self._encode_prefix("".join(buf))
-            yield from ids
-            buf, n = [rest], len(rest)
-        yield from self.encode("".join(buf))
+@patch
+def _held_suffix(self: Tokenizer, text: str) -> int:
+    "Length of the longest suffix of `text` that is a proper prefix of a special token (it may still grow into one)."
+    h = 0
+    for s in self.special_tokens:
+        for k in range(min(len(s) - 1, len(text)), h, -1):
+            if text.endswith(s[:k]): h = k; break
+    return h
 
-    def save(self, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> None:
-        "Write GPT-2-format `vocab.json` and `merges.txt` (bytes through `bytes_to_unicode`), atomically."
-        vocab = {_to_unicode(b): i for i, b in sorted(self.vocab.items())}
-        _atomic_write(vocab_path, json.dumps(vocab, ensure_ascii=False, indent=0))
-        _atomic_write(merges_path, "#version: 0.2 (cs336_nb)\n" + "".join(f"{_to_unicode(a)} {_to_unicode(b)}\n" for a, b in self.merges))
+# %% ../nbs/01_tokenization.ipynb #d29f31e7
+@patch
+def _encode_prefix(self: Tokenizer, text: str) -> tuple[list[int], str]:
+    "Ids of the part of `text` that more text cannot change, and the rest (to carry into the next chunk)."
+    cut = len(text)
+    if self._split is not None:
+        cut -= self._held_suffix(text)
+        for m in self._split.finditer(text, max(0, cut - max(map(len, self.special_tokens)))):
+            if m.start() < cut < m.end(): cut = m.start()   # never cut inside a (longer) special token
+    head = text[:cut]
+    parts = self._split.split(head) if self._split is not None else [head]
+    out: list[int] = []
+    for i, part in enumerate(parts[:-1]):
+        if i % 2: out.append(self._special_id[part])
+        elif part: self._encode_ordinary(part, out)
+    toks = _PRETOK.findall(parts[-1])    # the last two pre-tokens may change when more text comes
+    if len(toks) > 2:
+        out += chain.from_iterable(map(self._cache.__getitem__, toks[:-2]))
+        toks = toks[-2:]
+    return out, "".join(toks) + text[cut:]
 
-    @classmethod
-    def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike,
-                   special_tokens: list[str] | None = None) -> "Tokenizer":
-        "Load GPT-2-format `vocab.json`/`merges.txt` (GPT-2's own files, or ours from `save`)."
-        for arg, p in (("vocab_path", vocab_path), ("merges_path", merges_path)):
-            if not Path(p).is_file(): raise FileNotFoundError(f"{arg} does not exist or is not a file: {str(p)!r}")
-        try: raw = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e: raise ValueError(f"vocab_path {str(vocab_path)!r} is not JSON: {e}") from None
-        if not isinstance(raw, dict) or not all(isinstance(i, int) for i in raw.values()):
-            raise ValueError(f"vocab_path {str(vocab_path)!r} must hold a JSON object {{token: id}}")
-        vocab = {i: _from_unicode(t) for t, i in raw.items()}
-        merges = []
-        with open(merges_path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if not line or (n == 1 and line.startswith("#version")): continue
-                parts = line.split(" ")
-                if len(parts) != 2: raise ValueError(f"merges_path {str(merges_path)!r} line {n}: expected 'a b', got {line!r}")
-                merges.append((_from_unicode(parts[0]), _from_unicode(parts[1])))
-        return cls(vocab, merges, special_tokens)
+
+@patch
+def encode_iterable(self: Tokenizer, iterable: Iterable[str], *, buffer_chars: int = 1 << 16) -> Iterator[int]:
+    """Lazily yield the ids of the concatenation of the strings in `iterable` (e.g. an open text file),
+    holding about `buffer_chars` characters at a time. The ids equal `encode("".join(iterable))`. Memory is
+    bounded by the longest string the iterable yields: for a file with very long lines, pass fixed-size blocks,
+    `iter(lambda: f.read(1 << 16), "")`."""
+    if isinstance(iterable, (str, bytes)) or not isinstance(iterable, Iterable):
+        raise TypeError(f"iterable must be an iterable of str (e.g. an open text file), got {type(iterable).__name__}")
+    if isinstance(buffer_chars, bool) or not isinstance(buffer_chars, int) or buffer_chars < 1:
+        raise ValueError(f"buffer_chars must be a positive int, got {buffer_chars!r}")
+    buf, n = [], 0
+    for piece in iterable:
+        if not isinstance(piece, str): raise TypeError(f"iterable must yield str, got {type(piece).__name__}")
+        buf.append(piece); n += len(piece)
+        if n < buffer_chars: continue
+        if len(self._cache) > self.max_cache: self._cache.clear()
+        ids, rest = self._encode_prefix("".join(buf))
+        yield from ids
+        buf, n = [rest], len(rest)
+    yield from self.encode("".join(buf))
+
+# %% ../nbs/01_tokenization.ipynb #6b48cb43
+@patch
+def save(self: Tokenizer, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> None:
+    "Write GPT-2-format `vocab.json` and `merges.txt` (bytes through `bytes_to_unicode`), atomically."
+    vocab = {_to_unicode(b): i for i, b in sorted(self.vocab.items())}
+    _atomic_write(vocab_path, json.dumps(vocab, ensure_ascii=False, indent=0))
+    _atomic_write(merges_path, "#version: 0.2 (cs336_nb)\n" + "".join(f"{_to_unicode(a)} {_to_unicode(b)}\n" for a, b in self.merges))
+
+
+@patch(cls_method=True)
+def from_files(cls: Tokenizer, vocab_path: str | os.PathLike, merges_path: str | os.PathLike,
+               special_tokens: list[str] | None = None) -> "Tokenizer":
+    "Load GPT-2-format `vocab.json`/`merges.txt` (GPT-2's own files, or ours from `save`)."
+    for arg, p in (("vocab_path", vocab_path), ("merges_path", merges_path)):
+        if not Path(p).is_file(): raise FileNotFoundError(f"{arg} does not exist or is not a file: {str(p)!r}")
+    try: raw = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e: raise ValueError(f"vocab_path {str(vocab_path)!r} is not JSON: {e}") from None
+    if not isinstance(raw, dict) or not all(isinstance(i, int) for i in raw.values()):
+        raise ValueError(f"vocab_path {str(vocab_path)!r} must hold a JSON object {{token: id}}")
+    vocab = {i: _from_unicode(t) for t, i in raw.items()}
+    merges = []
+    with open(merges_path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line or (n == 1 and line.startswith("#version")): continue
+            parts = line.split(" ")
+            if len(parts) != 2: raise ValueError(f"merges_path {str(merges_path)!r} line {n}: expected 'a b', got {line!r}")
+            merges.append((_from_unicode(parts[0]), _from_unicode(parts[1])))
+    return cls(vocab, merges, special_tokens)
 
 # %% ../nbs/01_tokenization.ipynb #766089ec
 def gpt2_tokenizer(special_tokens: list[str] | None = ("<|endoftext|>",)) -> Tokenizer:

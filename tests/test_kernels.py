@@ -37,19 +37,19 @@ def test_missing_triton_gives_clear_error():
     assert r.returncode == 0 and r.stdout.startswith("OK") and "pip install triton" in r.stdout, r.stdout + r.stderr
 
 
-PUBLIC = ("Callable F FLASH_CONFIGS FlashAttention2PyTorch FlashAttention2Triton Float GELU_CUDA_SOURCE RMSNORM_BWD_CONFIG "
-          "RMSNORM_MAX_DIM RMSNormTritonFunction Tensor TritonRMSNorm TritonUnavailable attention_flops attention_impls "
+PUBLIC = ("FLASH_CONFIGS FlashAttention2PyTorch FlashAttention2Triton GELU_CUDA_SOURCE RMSNORM_BWD_CONFIG "
+          "RMSNORM_MAX_DIM RMSNormTritonFunction TritonRMSNorm TritonUnavailable attention_flops attention_impls "
           "attention_reference bench_attention bench_memory_bound flash_config gelu_cuda gelu_eager gelu_torch gelu_triton "
-          "matmul_tile_efficiency measure_copy_bandwidth measure_matmul_flops plot_roofline register_attention_backends "
-          "rmsnorm_eager rmsnorm_triton roofline softmax_eager softmax_triton time_fn triton_available "
-          "triton_interpreting").split()
+          "interpret_triton_without_gpu matmul_tile_efficiency measure_copy_bandwidth measure_matmul_flops plot_roofline "
+          "register_attention_backends rmsnorm_eager rmsnorm_triton roofline softmax_eager softmax_triton time_fn "
+          "triton_available triton_interpreting").split()
 
 
 def test_package_reexports_every_kernel_module():
     "One module per kernel; `cs336_nb.kernels` re-exports their public names (the same objects, not copies)."
-    from cs336_nb.kernels import _triton, elementwise, flash_attention, measurements, rmsnorm
+    from cs336_nb.kernels import _triton, elementwise, flash_attention, measurements, rmsnorm, ceilings
     assert [n for n in PUBLIC if not hasattr(K, n)] == []
-    for m in (_triton, elementwise, rmsnorm, flash_attention, measurements):
+    for m in (_triton, ceilings, elementwise, rmsnorm, flash_attention, measurements):
         assert m.__all__ and set(m.__all__) <= set(K.__all__), m.__name__
         for n in m.__all__:
             assert getattr(K, n) is getattr(m, n), f"{m.__name__}.{n}"

@@ -10,7 +10,8 @@ from cs336_nb.model import ModelConfig
 from cs336_nb.parallel import (DDP, FSDP, ShardedOptimizer, WorkerError, activation_bytes_per_layer, bus_bandwidth,
                                collectives_demo, fail_on_rank, launch, pipeline_bubble_fraction, pipeline_check,
                                pipeline_schedule, ring_bytes_per_rank, simulate_schedule, tensor_parallel_check,
-                               train_compare, train_compare_many, training_bytes_per_param, zero_memory_per_gpu)
+                               training_bytes_per_param, zero_memory_per_gpu)
+from cs336_nb.testing import ToyNet, build_model, train_compare, train_compare_many
 
 WRAPPERS = ["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]
 TINY = ModelConfig.tiny(num_layers=4, d_model=32, num_heads=2, d_ff=48, vocab_size=61, context_length=16)
@@ -120,7 +121,7 @@ def test_wrappers_on_transformer():
 
 def _fsdp_low_precision_and_units(rank, ws):
     out = train_compare(rank, ws, "fsdp", TINY, steps=3, batch_size=4, seq_len=12, compute_dtype=torch.bfloat16)
-    m = FSDP(__import__("cs336_nb.parallel", fromlist=["build_model"]).build_model(TINY))
+    m = FSDP(build_model(TINY))
     out["units"] = m.units
     out["shard_dtypes"] = {s.dtype for s in m.parameters()}
     out["shard_numel"] = sum(s.numel() for s in m.parameters())
@@ -144,7 +145,6 @@ def _wrapped_models_are_freed():
     "A wrapper must not keep its model alive once the user drops it (hooks on parameters live in C++, out of gc's sight)."
     import gc
     import weakref
-    from cs336_nb.parallel import ToyNet
     out = {}
     for kind in ("ddp", "ddp_bucketed", "fsdp"):
         model = ToyNet(); ref = weakref.ref(model)
@@ -185,13 +185,18 @@ def test_pipeline_four_stages():
 def test_package_reexports_every_part():
     "`cs336_nb.parallel` re-exports every public name of its parts (also in `__all__`); workers keep their real module."
     import cs336_nb.parallel as P
-    from cs336_nb.parallel import bench, data_parallel, fsdp, tensor_pipeline
-    for mod in (data_parallel, fsdp, tensor_pipeline, bench):
+    from cs336_nb.parallel import bench, collectives, data_parallel, fsdp, launcher, memory, tensor_pipeline
+    for mod in (launcher, collectives, memory, data_parallel, fsdp, tensor_pipeline, bench):
         assert set(mod.__all__) <= set(P.__all__), (mod.__name__, set(mod.__all__) - set(P.__all__))
         for name in mod.__all__: assert getattr(P, name) is getattr(mod, name), name
     assert len(P.__all__) == len(set(P.__all__))
-    assert P.train_compare_many.__module__ == "cs336_nb.parallel.data_parallel"  # spawned workers import it from there
-    assert P.bench_all.__module__ == "cs336_nb.parallel.bench" and P.launch.__module__ == "cs336_nb.parallel"
+    assert train_compare_many.__module__ == "cs336_nb.testing"  # spawned workers import it from there
+    assert P.train_compare_many is train_compare_many  # compatible alias of the test helper, not in `__all__`
+    assert "train_compare_many" not in P.__all__
+    assert P.bench_all.__module__ == "cs336_nb.parallel.bench"
+    assert P.launch.__module__ == "cs336_nb.parallel.launcher"
+    assert P.measure_collective.__module__ == "cs336_nb.parallel.collectives"
+    assert launcher._importable_worker().__module__ == "cs336_nb.parallel.launcher"
 
 
 # ---------------------------------------------------------------- argument checks (no process group needed)

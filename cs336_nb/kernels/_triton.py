@@ -13,7 +13,7 @@ import os
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['TritonUnavailable', 'triton_available', 'triton_interpreting']
+__all__ = ['TritonUnavailable', 'triton_available', 'triton_interpreting', 'interpret_triton_without_gpu']
 
 # %% ../../nbs/06a_triton.ipynb #ec66b7ad
 class TritonUnavailable(RuntimeError):
@@ -53,3 +53,11 @@ def _check_triton_inputs(name: str, *tensors: Tensor) -> None:
             raise RuntimeError(f"{name}: got CPU tensors but Triton's interpreter is off; set TRITON_INTERPRET=1 "
                                "before triton is first imported, or move the tensors to a GPU")
         if t.device.type not in ("cpu", "cuda"): raise RuntimeError(f"{name}: unsupported device {t.device}")
+
+# %% ../../nbs/06a_triton.ipynb #295652ac
+def interpret_triton_without_gpu() -> bool:
+    """Setup for notebooks and scripts: without a CUDA GPU, set `TRITON_INTERPRET=1` (unless already set) so Triton
+    kernels run in its CPU interpreter. Call it before `triton` is first imported; returns `triton_interpreting()`."""
+    import torch
+    if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
+    return triton_interpreting()

@@ -54,6 +54,7 @@ def _check_qkv(q, k, v):
     if q.shape[-1] != k.shape[-1]: raise ValueError(f"k: head dim {k.shape[-1]} != q's {q.shape[-1]}")
     if k.shape[-2] != v.shape[-2]: raise ValueError(f"v: {v.shape[-2]} keys != k's {k.shape[-2]}")
 
+# %% ../../nbs/06d_flash_attention.ipynb #0d4fc908
 def _flash_backward_pytorch(q, k, v, o, lse, do, is_causal, block_q, block_k):
     "FlashAttention-2 backward, tiled, recomputing P from Q, K and the saved logsumexp."
     B, nq, d = q.shape; nk = k.shape[1]
@@ -80,6 +81,7 @@ def _flash_backward_pytorch(q, k, v, o, lse, do, is_causal, block_q, block_k):
             dk[:, j:j + block_k] += ds.transpose(1, 2) @ qi * scale
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
+# %% ../../nbs/06d_flash_attention.ipynb #ac6bc0c3
 class FlashAttention2PyTorch(torch.autograd.Function):
     "FlashAttention-2 in plain PyTorch: `apply(q, k, v, is_causal=False)` on (..., seq, d); saves O and the logsumexp L (batch, n_q)."
     block_q, block_k = 16, 16
@@ -130,6 +132,7 @@ class FlashAttention2PyTorch(torch.autograd.Function):
 # %% ../../nbs/06d_flash_attention.ipynb #f6aac0ab
 _LOG2E = 1.4426950408889634
 
+# %% ../../nbs/06d_flash_attention.ipynb #20327a97
 @functools.cache
 def _flash_kernels():
     global _key_range, _flash_fwd_kernel, _flash_bwd_preprocess, _flash_bwd_dkdv_kernel, _flash_bwd_dq_kernel
@@ -321,8 +324,7 @@ def _flash_kernels():
 
     return _flash_fwd_kernel, _flash_bwd_preprocess, _flash_bwd_dkdv_kernel, _flash_bwd_dq_kernel
 
-
-
+# %% ../../nbs/06d_flash_attention.ipynb #7573bdd9
 FLASH_CONFIGS: dict[tuple[int, bool], tuple[tuple[int, int, int, int], ...]] = {}
 "Launch configs for 16-bit inputs (any dtype under the interpreter), keyed by (head dim, causal): ((BLOCK_Q, BLOCK_K, warps, stages) for fwd, dK/dV, dQ)."
 
@@ -336,6 +338,7 @@ def flash_config(d: int, is_causal: bool, device_type: str = "cuda", elem_size: 
     if d <= 64: return (64, 64, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3)
     return (64, 64, 4, 3), (32, 64, 4, 4), (128, 64, 8, 3)
 
+# %% ../../nbs/06d_flash_attention.ipynb #41852cef
 class FlashAttention2Triton(torch.autograd.Function):
     "FlashAttention-2 in Triton: `apply(q, k, v, is_causal=False)` on (..., seq, d); saves O and the logsumexp L (batch, n_q)."
     @staticmethod

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import time_fn
+from .ceilings import time_fn
 from .elementwise import gelu_eager, gelu_torch, gelu_triton, softmax_eager, softmax_triton
 from .rmsnorm import rmsnorm_eager, rmsnorm_triton
 from .flash_attention import FlashAttention2Triton, attention_reference
@@ -44,6 +44,7 @@ def _oom_safe(fn: Callable[[], float]) -> float | None:
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache(); return None
 
+# %% ../../nbs/06e_kernel_measurements.ipynb #835f5c05
 def bench_attention(seqs=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 128), causals=(False, True),
                     impls: dict[str, Callable] | None = None, *, dtype: torch.dtype = torch.bfloat16,
                     tokens: int = 16384, d_model: int = 2048, device: str | torch.device | None = None,
@@ -71,6 +72,7 @@ def bench_attention(seqs=(512, 1024, 2048, 4096, 8192, 16384), head_dims=(64, 12
         del q, k, v, do
     return rows
 
+# %% ../../nbs/06e_kernel_measurements.ipynb #7a3d49d7
 def bench_memory_bound(*, n: int = 2**26, rows: int = 16384, cols: int = 4096, dtype: torch.dtype = torch.bfloat16,
                        device: str | torch.device | None = None, compile: bool = True) -> list[dict]:
     "Time GeLU (float32, `n` elements), softmax and RMSNorm (fwd, fwd+bwd) on (rows, cols) `dtype`: ms and GB/s."

@@ -67,6 +67,7 @@ def _rmsnorm_kernels():
         tl.store(dw_partial_ptr + pid * D + cols, dw, mask=cmask)
     return _rmsnorm_fwd_kernel, _rmsnorm_bwd_kernel
 
+# %% ../../nbs/06c_rmsnorm.ipynb #d64d4d33
 RMSNORM_MAX_DIM = 65536
 
 def _rmsnorm_launch(D: int) -> tuple[int, int, int]:
@@ -92,6 +93,7 @@ def _rmsnorm_bwd_launch(D: int) -> tuple[int, int, int, int]:
 def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
+# %% ../../nbs/06c_rmsnorm.ipynb #89b175d8
 class RMSNormTritonFunction(torch.autograd.Function):
     "Fused RMSNorm: `apply(x, weight, eps)`; saves x, weight and one float32 1/rms per row for the backward."
     @staticmethod
@@ -129,6 +131,7 @@ def rmsnorm_triton(x: Float[Tensor, "... d"], weight: Float[Tensor, "d"], eps: f
     "Fused RMSNorm (Triton forward and backward), computed in float32, output in x's dtype."
     return RMSNormTritonFunction.apply(x, weight, eps)
 
+# %% ../../nbs/06c_rmsnorm.ipynb #7ca48241
 def rmsnorm_eager(x: Float[Tensor, "... d"], weight: Float[Tensor, "d"], eps: float = 1e-5) -> Float[Tensor, "... d"]:
     "RMSNorm in eager PyTorch, float32 inside (the reference, as in `cs336_nb.model.RMSNorm`)."
     xf = x.float()

@@ -11,9 +11,10 @@ import torch
 import torch.distributed as dist
 
 from ..model import ModelConfig
-from . import _device, _timed_steps, measure_collective
+from .collectives import _device, _timed_steps, measure_collective
 from .data_parallel import (
-    DDP, ShardedOptimizer, all_reduce_gradients, broadcast_module_, build_model, loss_of, make_batch, optimizer_state_bytes)
+    DDP, ShardedOptimizer, all_reduce_gradients, broadcast_module_, optimizer_state_bytes)
+from ..testing import build_model, loss_of, make_batch  # the model and batches of part 2's checks
 from .fsdp import FSDP
 
 # %% auto #0
@@ -35,7 +36,7 @@ def _reset_peak() -> None:
     gc.collect()  # wrappers' hooks make reference cycles: free the previous model before measuring the next
     if _device().type == "cuda": torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
 
-
+# %% ../../nbs/07d_parallel_measurements.ipynb #af10cde5
 def bench_data_parallel(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int = 8, seq_len: int = 512,
                         warmup: int = 3, steps: int = 10, bucket_size_mb: float = 25.0,
                         modes: tuple[str, ...] = ("torch_ddp", "ddp_bucketed", "zero", "ddp", "naive")) -> list[dict]:
@@ -74,7 +75,7 @@ def bench_data_parallel(rank: int, world_size: int, cfg: ModelConfig, *, batch_s
         del m, model, opt, x, y
     return rows
 
-
+# %% ../../nbs/07d_parallel_measurements.ipynb #88b2ed15
 def bench_fsdp(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int = 8, seq_len: int = 512, warmup: int = 3,
                steps: int = 10, modes: tuple[str, ...] = ("fsdp2", "fsdp")) -> list[dict]:
     """Worker: step time and peak memory per GPU of our `FSDP` (one unit per Transformer block; on GPUs bf16 compute
@@ -109,7 +110,7 @@ def bench_fsdp(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int 
         del m, model, opt, x, y
     return rows
 
-
+# %% ../../nbs/07d_parallel_measurements.ipynb #cb90c4fa
 def bench_all(rank: int, world_size: int, cfg: ModelConfig, *, sizes: list[int], batch_size: int, seq_len: int,
               warmup: int = 3, steps: int = 10) -> dict:
     "Worker: every Lecture-7 measurement in one process group (collective bandwidths, data parallel, FSDP)."

@@ -8,20 +8,17 @@ Docs: https://cs336-nb.github.io/cs336-nb/data_parallel.html.md"""
 from __future__ import annotations
 
 import weakref
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model import ModelConfig, TransformerLM
-from . import all_reduce_mean_, world
-from .fsdp import FSDP  # the check harness below also trains with FSDP (part 3)
+from .collectives import all_reduce_mean_, world
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ModelSpec', 'Wrapper', 'broadcast_module_', 'all_reduce_gradients', 'DDP', 'ToyNet', 'build_model', 'make_batch',
-           'loss_of', 'train_compare', 'train_compare_many', 'ShardedOptimizer', 'optimizer_state_bytes']
+__all__ = ['broadcast_module_', 'all_reduce_gradients', 'DDP', 'ShardedOptimizer', 'optimizer_state_bytes']
 
 # %% ../../nbs/07a_data_parallel.ipynb #f672086a
 def broadcast_module_(module: nn.Module, src: int = 0) -> None:
@@ -46,7 +43,7 @@ class _Bucket:
         self.params, self.numels = params, [p.numel() for p in params]
         self.ready, self.buffer, self.work = 0, None, None
 
-
+# %% ../../nbs/07a_data_parallel.ipynb #2190ed72
 class DDP(nn.Module):
     """Data parallelism that overlaps gradient communication with the backward pass.
 
@@ -95,153 +92,62 @@ class DDP(nn.Module):
             b.buffer = torch.empty(sum(b.numels), dtype=b.params[0].dtype, device=b.params[0].device)
         self._hooks = [p.register_post_accumulate_grad_hook(hook) for p in self._params]
 
-    def forward(self, *args, **kwargs): return self.module(*args, **kwargs)
-
-    def remove_hooks(self) -> None:
-        "Detach the gradient hooks from the module's parameters (the module can then be used or wrapped again)."
-        for h in self._hooks: h.remove()
-        self._hooks = []
-
-    @property
-    def buckets(self) -> list[list[str]]:
-        "The parameter names in each bucket, in launch order."
-        names = {p: n for n, p in self.module.named_parameters()}
-        return [[names[p] for p in b.params] for b in self._buckets]
-
-    def _on_grad(self, p: Tensor) -> None:
-        self._works.append(all_reduce_mean_(p.grad, async_op=True))
-
-    def _on_grad_bucketed(self, p: Tensor) -> None:
-        self._buckets[self._bucket_of[p]].ready += 1
-        self._launch_ready()
-
-    def _launch_ready(self, force: bool = False) -> None:
-        # Buckets are launched strictly in order, so every rank issues the same sequence of collectives.
-        while self._next_bucket < len(self._buckets):
-            b = self._buckets[self._next_bucket]
-            if not force and b.ready < len(b.params): return
-            grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, dtype=b.buffer.dtype, device=b.buffer.device)
-                     for p, n in zip(b.params, b.numels)]
-            torch.cat(grads, out=b.buffer)
-            b.work = all_reduce_mean_(b.buffer, async_op=True)
-            self._next_bucket += 1
-
-    def finish_gradient_synchronization(self) -> None:
-        "Wait for all gradient all-reduces of this step; afterwards every rank holds the averaged gradients."
-        if self.world_size == 1: return
-        if self._buckets:
-            self._launch_ready(force=True)  # buckets whose parameters got no gradient on this step
-            for b in self._buckets:
-                b.work.wait(); b.work = None; b.ready = 0
-                for p, g in zip(b.params, b.buffer.split(b.numels)):
-                    if p.grad is not None: p.grad.copy_(g.view_as(p.grad))
-            self._next_bucket = 0
-        for w in self._works: w.wait()
-        self._works.clear()
-
-# %% ../../nbs/07a_data_parallel.ipynb #e5353c49
-class ToyNet(nn.Module):
-    """A small test network with awkward parameters: sizes that do not divide by 2 or 4 (35, 7, 49, 21, 3), a frozen
-    layer (`requires_grad=False`), a parameter that never gets a gradient (`unused`), and blocks in a ModuleList
-    (so FSDP makes units of them)."""
-    def __init__(self, d_in: int = 5, d_hidden: int = 7, d_out: int = 3):
-        super().__init__()
-        self.fc1 = nn.Linear(d_in, d_hidden)
-        self.blocks = nn.ModuleList([nn.Linear(d_hidden, d_hidden), nn.Linear(d_hidden, d_hidden, bias=False)])
-        self.fc2 = nn.Linear(d_hidden, d_out, bias=False)
-        self.frozen = nn.Linear(d_out, d_out)
-        self.frozen.requires_grad_(False)
-        self.scale = nn.Parameter(torch.ones(d_out))
-        self.unused = nn.Parameter(torch.randn(3, 2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = torch.tanh(self.fc1(x))
-        for b in self.blocks: x = x + torch.tanh(b(x))
-        return self.frozen(self.fc2(x)) * self.scale
+# %% ../../nbs/07a_data_parallel.ipynb #c08bd7c2
+@patch
+def forward(self: DDP, *args, **kwargs): return self.module(*args, **kwargs)
 
 
-ModelSpec = Any  # "toy" or a ModelConfig
+@patch
+def remove_hooks(self: DDP) -> None:
+    "Detach the gradient hooks from the module's parameters (the module can then be used or wrapped again)."
+    for h in self._hooks: h.remove()
+    self._hooks = []
 
 
-def build_model(spec: ModelSpec, device=None) -> nn.Module:
-    "`'toy'` -> `ToyNet()`, a `ModelConfig` -> `TransformerLM.from_config(spec)`."
-    if spec == "toy": return ToyNet().to(device)
-    if isinstance(spec, ModelConfig): return TransformerLM.from_config(spec, device=device)
-    raise ValueError(f"spec must be 'toy' or a ModelConfig, got {spec!r}")
+@patch(as_prop=True)
+def buckets(self: DDP) -> list[list[str]]:
+    "The parameter names in each bucket, in launch order."
+    names = {p: n for n, p in self.module.named_parameters()}
+    return [[names[p] for p in b.params] for b in self._buckets]
 
 
-def make_batch(spec: ModelSpec, step: int, batch_size: int, seq_len: int = 16, seed: int = 0, device=None) -> tuple[Tensor, Tensor]:
-    "The global batch of `step`, the same on every rank: (inputs, targets)."
-    g = torch.Generator().manual_seed(10_000 * seed + step)
-    if spec == "toy":
-        x = torch.randn(batch_size, 5, generator=g); y = torch.randn(batch_size, 3, generator=g)
-    else:
-        ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len + 1), generator=g)
-        x, y = ids[:, :-1], ids[:, 1:]
-    return x.to(device), y.to(device)
+@patch
+def _on_grad(self: DDP, p: Tensor) -> None:
+    self._works.append(all_reduce_mean_(p.grad, async_op=True))
 
 
-def loss_of(spec: ModelSpec, out: Tensor, y: Tensor) -> Tensor:
-    "MSE for the toy net, next-token cross-entropy for a language model."
-    if spec == "toy": return F.mse_loss(out, y)
-    return F.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
+@patch
+def _on_grad_bucketed(self: DDP, p: Tensor) -> None:
+    self._buckets[self._bucket_of[p]].ready += 1
+    self._launch_ready()
 
 
-Wrapper = Literal["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]
+@patch
+def _launch_ready(self: DDP, force: bool = False) -> None:
+    # Buckets are launched strictly in order, so every rank issues the same sequence of collectives.
+    while self._next_bucket < len(self._buckets):
+        b = self._buckets[self._next_bucket]
+        if not force and b.ready < len(b.params): return
+        grads = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(n, dtype=b.buffer.dtype, device=b.buffer.device)
+                 for p, n in zip(b.params, b.numels)]
+        torch.cat(grads, out=b.buffer)
+        b.work = all_reduce_mean_(b.buffer, async_op=True)
+        self._next_bucket += 1
 
-
-def train_compare(rank: int, world_size: int, wrapper: Wrapper, spec: ModelSpec = "toy", *, steps: int = 3,
-                  batch_size: int = 8, seq_len: int = 16, seed: int = 0, lr: float = 1e-2,
-                  bucket_size_mb: float = 1e-4, compute_dtype: torch.dtype | None = None) -> dict:
-    """Worker: train `steps` AdamW steps with a parallel `wrapper` (each rank a slice of every global batch, each rank
-    initialised with a DIFFERENT seed so the broadcast from rank 0 is exercised) and the same steps in one process on the
-    full batch; returns the largest parameter difference, both loss curves, and the optimizer-state bytes on this rank."""
-    if batch_size % world_size: raise ValueError(f"batch_size={batch_size} must divide by world_size={world_size}")
-    torch.manual_seed(seed + rank)
-    model = build_model(spec)
-    opt_kw = dict(lr=lr, weight_decay=0.1)
-    if wrapper in ("ddp", "ddp_bucketed", "zero"):
-        m = DDP(model, bucket_size_mb=bucket_size_mb if wrapper != "ddp" else None)
-        opt = (ShardedOptimizer(m.parameters(), torch.optim.AdamW, **opt_kw) if wrapper == "zero"
-               else torch.optim.AdamW(m.parameters(), **opt_kw))
-    elif wrapper == "naive":
-        broadcast_module_(model); m = model; opt = torch.optim.AdamW(m.parameters(), **opt_kw)
-    elif wrapper == "fsdp":
-        m = FSDP(model, compute_dtype=compute_dtype); opt = torch.optim.AdamW(m.parameters(), **opt_kw)
-    else: raise ValueError(f"wrapper must be one of ddp, ddp_bucketed, naive, zero, fsdp; got {wrapper!r}")
-    b = batch_size // world_size
-    losses = []
-    for step in range(steps):
-        x, y = make_batch(spec, step, batch_size, seq_len, seed)
-        loss = loss_of(spec, m(x[rank * b:(rank + 1) * b]), y[rank * b:(rank + 1) * b])
-        loss.backward()
-        if wrapper == "naive": all_reduce_gradients(m)
-        else: m.finish_gradient_synchronization()
-        opt.step(); opt.zero_grad(set_to_none=True)
-        l = loss.detach().clone()
-        if world_size > 1: dist.all_reduce(l)
-        losses.append(float(l) / world_size)
-    state_bytes = optimizer_state_bytes(opt)
-    params = m.gather_full_params() if wrapper == "fsdp" else {n: p.detach() for n, p in model.named_parameters()}
-    # the reference: rank 0's initialisation, one process, full batches
-    torch.manual_seed(seed)
-    ref = build_model(spec)
-    ref_opt = torch.optim.AdamW(ref.parameters(), **opt_kw)
-    ref_losses = []
-    for step in range(steps):
-        x, y = make_batch(spec, step, batch_size, seq_len, seed)
-        loss = loss_of(spec, ref(x), y); loss.backward(); ref_opt.step(); ref_opt.zero_grad(set_to_none=True)
-        ref_losses.append(loss.item())
-    ref_params = dict(ref.named_parameters())
-    diffs = {n: (p - ref_params[n].detach()).abs().max().item() for n, p in params.items()}
-    return dict(max_diff=max(diffs.values()), diffs=diffs, losses=losses, ref_losses=ref_losses,
-                optimizer_state_bytes=state_bytes, ref_optimizer_state_bytes=optimizer_state_bytes(ref_opt),
-                names=sorted(params))
-
-
-def train_compare_many(rank: int, world_size: int, wrappers: list[str], spec: ModelSpec = "toy", **kwargs) -> dict[str, dict]:
-    "Worker: `train_compare` for several wrappers in one launch (process start-up is the slow part on a CPU)."
-    return {w: train_compare(rank, world_size, w, spec, **kwargs) for w in wrappers}
+# %% ../../nbs/07a_data_parallel.ipynb #7b96fcdf
+@patch
+def finish_gradient_synchronization(self: DDP) -> None:
+    "Wait for all gradient all-reduces of this step; afterwards every rank holds the averaged gradients."
+    if self.world_size == 1: return
+    if self._buckets:
+        self._launch_ready(force=True)  # buckets whose parameters got no gradient on this step
+        for b in self._buckets:
+            b.work.wait(); b.work = None; b.ready = 0
+            for p, g in zip(b.params, b.buffer.split(b.numels)):
+                if p.grad is not None: p.grad.copy_(g.view_as(p.grad))
+        self._next_bucket = 0
+    for w in self._works: w.wait()
+    self._works.clear()
 
 # %% ../../nbs/07a_data_parallel.ipynb #baf2450b
 class ShardedOptimizer(torch.optim.Optimizer):
@@ -287,7 +193,7 @@ class ShardedOptimizer(torch.optim.Optimizer):
         return sum(t.numel() * t.element_size() for s in self.local_optimizer.state.values() for t in s.values()
                    if isinstance(t, torch.Tensor))
 
-
+# %% ../../nbs/07a_data_parallel.ipynb #7e91ac5b
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     "Bytes of tensors in an optimizer's `state` (for a `ShardedOptimizer`, this rank's shard)."
     if isinstance(optimizer, ShardedOptimizer): return optimizer.local_state_bytes()

@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import all_gather_flat, avg_op, reduce_scatter_flat, world
+from .collectives import all_gather_flat, avg_op, reduce_scatter_flat, world
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FSDP']
@@ -24,7 +25,7 @@ class _SavedRef:
     __slots__ = ("unit", "offset", "size", "stride")
     def __init__(self, unit, offset, size, stride): self.unit, self.offset, self.size, self.stride = unit, offset, size, stride
 
-
+# %% ../../nbs/07b_fsdp.ipynb #f1051009
 class _Unit:
     """Parameters that are all-gathered together (one submodule, e.g. a Transformer block). Each parameter is flattened,
     padded to a multiple of the world size and split into equal shards; the unit's all-gather concatenates this rank's
@@ -64,53 +65,63 @@ class _Unit:
         self.work, self._staged = work, (out, local, buf)
         if not async_op: self.wait()
 
-    def wait(self) -> Tensor:
-        "Finish an in-flight gather: rank-major `(world, shard)` blocks become contiguous full parameters."
-        if self.work is not None:
-            self.work.wait(); self.work = None
-            out, _, buf = self._staged; self._staged = None
-            ws = self.fsdp.world_size
-            dst = [buf[o:o + pad].view(ws, s) for o, pad, s in zip(self.offsets, self.padded, self.shard_sizes)]
-            torch.split_with_sizes_copy(out.view(ws, -1), self.shard_sizes, dim=1, out=dst)
-            self.buffer = buf
-        if self.buffer is None: self.gather()
-        return self.buffer
+# %% ../../nbs/07b_fsdp.ipynb #de3ea1b1
+@patch
+def wait(self: _Unit) -> Tensor:
+    "Finish an in-flight gather: rank-major `(world, shard)` blocks become contiguous full parameters."
+    if self.work is not None:
+        self.work.wait(); self.work = None
+        out, _, buf = self._staged; self._staged = None
+        ws = self.fsdp.world_size
+        dst = [buf[o:o + pad].view(ws, s) for o, pad, s in zip(self.offsets, self.padded, self.shard_sizes)]
+        torch.split_with_sizes_copy(out.view(ws, -1), self.shard_sizes, dim=1, out=dst)
+        self.buffer = buf
+    if self.buffer is None: self.gather()
+    return self.buffer
 
-    def views(self, buf: Tensor) -> list[Tensor]:
-        return [buf[o:o + n].view(shape) for o, n, shape in zip(self.offsets, self.numels, self.shapes)]
 
-    def reshard(self) -> None:
-        self.buffer = None
-        for places in self.places:
-            for mod, attr in places: setattr(mod, attr, None)
+@patch
+def views(self: _Unit, buf: Tensor) -> list[Tensor]:
+    return [buf[o:o + n].view(shape) for o, n, shape in zip(self.offsets, self.numels, self.shapes)]
 
-    def reduce_scatter(self, grads: tuple[Tensor | None, ...]) -> None:
-        "Start the asynchronous reduce-scatter of this unit's full-parameter gradients into shard gradients."
-        ws, rdt = self.fsdp.world_size, self.fsdp.reduce_dtype or self.shards[0].dtype
-        dev = self.shards[0].device
-        had = [g is not None for g in grads]
-        blocks = []
-        for g, n, pad, s in zip(grads, self.numels, self.padded, self.shard_sizes):
-            flat = torch.zeros(pad, dtype=rdt, device=dev)
-            if g is not None: flat[:n] = g.reshape(-1)
-            blocks.append(flat.view(ws, s))
-        inp = torch.cat(blocks, dim=1).reshape(-1)  # rank-major: row r holds every parameter's shard r
-        if ws == 1:
-            self.pending = (None, inp, had); return
-        out = torch.empty(inp.numel() // ws, dtype=rdt, device=dev)
-        op = avg_op()
-        if op is None: inp.div_(ws); op = dist.ReduceOp.SUM
-        self.pending = (reduce_scatter_flat(out, inp, op=op, async_op=True), out, had, inp)
 
-    def finish(self) -> None:
-        if self.pending is None: return
-        work, out, had = self.pending[:3]
-        if work is not None: work.wait()
-        for shard, g, h in zip(self.shards, out.split(self.shard_sizes), had):
-            if not h: continue
-            g = g.to(shard.dtype)
-            shard.grad = g.clone() if shard.grad is None else shard.grad + g
-        self.pending = None
+@patch
+def reshard(self: _Unit) -> None:
+    self.buffer = None
+    for places in self.places:
+        for mod, attr in places: setattr(mod, attr, None)
+
+# %% ../../nbs/07b_fsdp.ipynb #22d34249
+@patch
+def reduce_scatter(self: _Unit, grads: tuple[Tensor | None, ...]) -> None:
+    "Start the asynchronous reduce-scatter of this unit's full-parameter gradients into shard gradients."
+    ws, rdt = self.fsdp.world_size, self.fsdp.reduce_dtype or self.shards[0].dtype
+    dev = self.shards[0].device
+    had = [g is not None for g in grads]
+    blocks = []
+    for g, n, pad, s in zip(grads, self.numels, self.padded, self.shard_sizes):
+        flat = torch.zeros(pad, dtype=rdt, device=dev)
+        if g is not None: flat[:n] = g.reshape(-1)
+        blocks.append(flat.view(ws, s))
+    inp = torch.cat(blocks, dim=1).reshape(-1)  # rank-major: row r holds every parameter's shard r
+    if ws == 1:
+        self.pending = (None, inp, had); return
+    out = torch.empty(inp.numel() // ws, dtype=rdt, device=dev)
+    op = avg_op()
+    if op is None: inp.div_(ws); op = dist.ReduceOp.SUM
+    self.pending = (reduce_scatter_flat(out, inp, op=op, async_op=True), out, had, inp)
+
+
+@patch
+def finish(self: _Unit) -> None:
+    if self.pending is None: return
+    work, out, had = self.pending[:3]
+    if work is not None: work.wait()
+    for shard, g, h in zip(self.shards, out.split(self.shard_sizes), had):
+        if not h: continue
+        g = g.to(shard.dtype)
+        shard.grad = g.clone() if shard.grad is None else shard.grad + g
+    self.pending = None
 
 # %% ../../nbs/07b_fsdp.ipynb #017838ab
 class _GatherParams(torch.autograd.Function):
@@ -127,6 +138,29 @@ class _GatherParams(torch.autograd.Function):
         unit.reduce_scatter(grads)
         if unit is not unit.fsdp._root: unit.reshard()
         return (None,) + (None,) * len(grads)
+
+# %% ../../nbs/07b_fsdp.ipynb #1b2b52a6
+def _trainable_places(module: nn.Module) -> tuple[dict[nn.Parameter, list[tuple[nn.Module, str]]], dict[nn.Parameter, str]]:
+    "Where each trainable parameter lives (a tied parameter lives in several places), and its first name."
+    places: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
+    names: dict[nn.Parameter, str] = {}
+    for mname, mod in module.named_modules(remove_duplicate=False):
+        for pname, p in list(mod._parameters.items()):
+            if p is None or not p.requires_grad: continue
+            places.setdefault(p, []).append((mod, pname))
+            names.setdefault(p, f"{mname}.{pname}" if mname else pname)
+    return places, names
+
+
+def _group_by_unit(places: dict, unit_modules: list[nn.Module]) -> list[list[nn.Parameter]]:
+    "The trainable parameters of each unit module (first unit that holds it), then the rest (the root unit)."
+    owner: dict[nn.Parameter, int] = {}
+    for i, um in enumerate(unit_modules):
+        for p in um.parameters():
+            if p in places: owner.setdefault(p, i)
+    groups: list[list[nn.Parameter]] = [[] for _ in unit_modules] + [[]]
+    for p in places: groups[owner.get(p, len(unit_modules))].append(p)
+    return groups
 
 # %% ../../nbs/07b_fsdp.ipynb #187c3c86
 class FSDP(nn.Module):
@@ -155,20 +189,8 @@ class FSDP(nn.Module):
                 for t in list(module.parameters()) + list(module.buffers()): dist.broadcast(t.data, src=0)
         if unit_modules is None:
             unit_modules = [m for ml in module.modules() if isinstance(ml, nn.ModuleList) for m in ml]
-        # where each trainable parameter lives (a tied parameter lives in several places) and its first name
-        places: dict[nn.Parameter, list[tuple[nn.Module, str]]] = {}
-        names: dict[nn.Parameter, str] = {}
-        for mname, mod in module.named_modules(remove_duplicate=False):
-            for pname, p in list(mod._parameters.items()):
-                if p is None or not p.requires_grad: continue
-                places.setdefault(p, []).append((mod, pname))
-                names.setdefault(p, f"{mname}.{pname}" if mname else pname)
-        owner: dict[nn.Parameter, int] = {}
-        for i, um in enumerate(unit_modules):
-            for p in um.parameters():
-                if p in places: owner.setdefault(p, i)
-        groups: list[list[nn.Parameter]] = [[] for _ in unit_modules] + [[]]
-        for p in places: groups[owner.get(p, len(unit_modules))].append(p)
+        places, names = _trainable_places(module)
+        groups = _group_by_unit(places, unit_modules)
         self._units: list[_Unit] = []
         self._root = None
         for i, (um, ps) in enumerate(zip(list(unit_modules) + [module], groups)):
@@ -186,77 +208,12 @@ class FSDP(nn.Module):
             if u is not self._root: u.module.register_forward_pre_hook(self._make_pre_hook(u))
             if u is not self._root: u.module.register_forward_hook(self._make_post_hook(u))
 
-    @property
-    def units(self) -> list[list[str]]:
-        "The parameter names of each all-gather unit, in order (root unit last)."
-        return [u.names for u in self._units]
-
-    def _materialize(self, u: _Unit) -> None:
-        buf = u.wait()
-        if torch.is_grad_enabled(): views = _GatherParams.apply(u, *u.shards)
-        else: views = u.views(buf)
-        for v, places in zip(views, u.places):
-            for mod, attr in places: setattr(mod, attr, v)
-        self._ptr2unit[buf.untyped_storage().data_ptr()] = u
-
-    def _prefetch_after(self, u: _Unit, step: int) -> None:
-        if not self.prefetch: return
-        j = u.index + step
-        while 0 <= j < len(self._units) and self._units[j] is self._root: j += step
-        if 0 <= j < len(self._units):
-            nxt = self._units[j]
-            if nxt.buffer is None and nxt.work is None: nxt.gather(async_op=True)
-
-    def _make_pre_hook(self, u: _Unit):
-        def hook(module, args):
-            self._materialize(u)
-            self._prefetch_after(u, +1)
-        return hook
-
-    def _make_post_hook(self, u: _Unit):
-        def hook(module, args, output):
-            if self.reshard_after_forward or not torch.is_grad_enabled():
-                self._ptr2unit.pop(u.buffer.untyped_storage().data_ptr(), None)
-                u.reshard()
-        return hook
-
-    def _pack(self, t: Tensor):
-        u = self._ptr2unit.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
-        if u is None or u.buffer is None or t.dtype != u.buffer.dtype: return t
-        return _SavedRef(u, t.storage_offset(), tuple(t.shape), t.stride())
-
-    def _unpack(self, ref):
-        if not isinstance(ref, _SavedRef): return ref
-        u = ref.unit
-        if u.buffer is None:  # resharded after forward: gather again for backward, prefetch the one before it
-            u.wait()
-            self._prefetch_after(u, -1)
-        return u.buffer.as_strided(ref.size, ref.stride, ref.offset)
-
-    def forward(self, *args, **kwargs):
-        self._ptr2unit.clear()
-        if self._root is not None:
-            self._root.gather(async_op=True)
-        first = next((u for u in self._units if u is not self._root), None)
-        if first is not None and self.prefetch and first.buffer is None and first.work is None: first.gather(async_op=True)
-        if self._root is not None: self._materialize(self._root)
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
-            out = self.module(*args, **kwargs)
-        if not torch.is_grad_enabled() and self._root is not None: self._root.reshard()
-        return out
-
-    def finish_gradient_synchronization(self) -> None:
-        "Wait for this step's reduce-scatters and set each shard's `.grad` (the average over ranks)."
-        for u in self._units: u.finish()
-        for u in self._units:
-            if u.buffer is not None or u.work is not None:
-                if u.work is not None: u.wait()
-                u.reshard()
-
-    @torch.no_grad()
-    def gather_full_params(self) -> dict[str, Tensor]:
-        "All-gather the fp32 master weights: `{name: full tensor}` for every sharded parameter (a collective: call on all ranks)."
-        out = {}
+# %% ../../nbs/07b_fsdp.ipynb #ec79db67
+@patch
+def gather_full_params(self: FSDP) -> dict[str, Tensor]:
+    "All-gather the fp32 master weights: `{name: full tensor}` for every sharded parameter (a collective: call on all ranks)."
+    out = {}
+    with torch.no_grad():
         for u in self._units:
             local = torch.cat([s.detach().reshape(-1) for s in u.shards])
             ws = self.world_size
@@ -265,8 +222,94 @@ class FSDP(nn.Module):
             else: full.copy_(local)
             for name, part, n, shape in zip(u.names, full.view(ws, -1).split(u.shard_sizes, dim=1), u.numels, u.shapes):
                 out[name] = part.reshape(-1)[:n].view(shape).clone()
-        return out
+    return out
 
-    def sharded_bytes(self) -> int:
-        "Bytes of this rank's parameter shards."
-        return sum(s.numel() * s.element_size() for s in self.shards)
+# %% ../../nbs/07b_fsdp.ipynb #8a3eb9b1
+@patch(as_prop=True)
+def units(self: FSDP) -> list[list[str]]:
+    "The parameter names of each all-gather unit, in order (root unit last)."
+    return [u.names for u in self._units]
+
+
+@patch
+def _materialize(self: FSDP, u: _Unit) -> None:
+    buf = u.wait()
+    if torch.is_grad_enabled(): views = _GatherParams.apply(u, *u.shards)
+    else: views = u.views(buf)
+    for v, places in zip(views, u.places):
+        for mod, attr in places: setattr(mod, attr, v)
+    self._ptr2unit[buf.untyped_storage().data_ptr()] = u
+
+
+@patch
+def _prefetch_after(self: FSDP, u: _Unit, step: int) -> None:
+    if not self.prefetch: return
+    j = u.index + step
+    while 0 <= j < len(self._units) and self._units[j] is self._root: j += step
+    if 0 <= j < len(self._units):
+        nxt = self._units[j]
+        if nxt.buffer is None and nxt.work is None: nxt.gather(async_op=True)
+
+
+@patch
+def _make_pre_hook(self: FSDP, u: _Unit):
+    def hook(module, args):
+        self._materialize(u)
+        self._prefetch_after(u, +1)
+    return hook
+
+
+@patch
+def _make_post_hook(self: FSDP, u: _Unit):
+    def hook(module, args, output):
+        if self.reshard_after_forward or not torch.is_grad_enabled():
+            self._ptr2unit.pop(u.buffer.untyped_storage().data_ptr(), None)
+            u.reshard()
+    return hook
+
+# %% ../../nbs/07b_fsdp.ipynb #849dca36
+@patch
+def _pack(self: FSDP, t: Tensor):
+    u = self._ptr2unit.get(t.untyped_storage().data_ptr()) if t.device.type != "meta" else None
+    if u is None or u.buffer is None or t.dtype != u.buffer.dtype: return t
+    return _SavedRef(u, t.storage_offset(), tuple(t.shape), t.stride())
+
+
+@patch
+def _unpack(self: FSDP, ref):
+    if not isinstance(ref, _SavedRef): return ref
+    u = ref.unit
+    if u.buffer is None:  # resharded after forward: gather again for backward, prefetch the one before it
+        u.wait()
+        self._prefetch_after(u, -1)
+    return u.buffer.as_strided(ref.size, ref.stride, ref.offset)
+
+
+@patch
+def forward(self: FSDP, *args, **kwargs):
+    self._ptr2unit.clear()
+    if self._root is not None:
+        self._root.gather(async_op=True)
+    first = next((u for u in self._units if u is not self._root), None)
+    if first is not None and self.prefetch and first.buffer is None and first.work is None: first.gather(async_op=True)
+    if self._root is not None: self._materialize(self._root)
+    with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+        out = self.module(*args, **kwargs)
+    if not torch.is_grad_enabled() and self._root is not None: self._root.reshard()
+    return out
+
+
+@patch
+def finish_gradient_synchronization(self: FSDP) -> None:
+    "Wait for this step's reduce-scatters and set each shard's `.grad` (the average over ranks)."
+    for u in self._units: u.finish()
+    for u in self._units:
+        if u.buffer is not None or u.work is not None:
+            if u.work is not None: u.wait()
+            u.reshard()
+
+# %% ../../nbs/07b_fsdp.ipynb #6415af15
+@patch
+def sharded_bytes(self: FSDP) -> int:
+    "Bytes of this rank's parameter shards."
+    return sum(s.numel() * s.element_size() for s in self.shards)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model import ModelConfig
-from . import world
-from .data_parallel import build_model, loss_of, make_batch
+from .collectives import world
+from ..testing import build_model, loss_of, make_batch  # test helpers: the same model and batches as part 2's checks
 
 # %% auto #0
 __all__ = ['Schedule', 'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU',
@@ -56,7 +56,7 @@ def _split(w: Tensor, dim: int, rank: int, world_size: int, what: str) -> Tensor
         raise ValueError(f"{what}: dimension {dim} of size {w.shape[dim]} does not divide by the tensor-parallel size {world_size}")
     return w.detach().chunk(world_size, dim=dim)[rank].clone()
 
-
+# %% ../../nbs/07c_tensor_pipeline.ipynb #193bd4a3
 class TensorParallelSwiGLU(nn.Module):
     """The SwiGLU FFN split Megatron-style over the ranks (Shoeybi et al., arXiv 1909.08053): `w1`, `w3` column-parallel
     (rank r keeps rows r of the d_ff outputs), `w2` row-parallel (the matching d_ff columns), so the hidden activation
@@ -132,7 +132,7 @@ def pipeline_schedule(num_stages: int, num_microbatches: int, kind: Schedule = "
         out.append(ops)
     return out
 
-
+# %% ../../nbs/07c_tensor_pipeline.ipynb #fabdf12b
 def simulate_schedule(schedule: list[list[tuple[str, int]]], forward_time: float = 1.0, backward_time: float = 2.0) -> dict:
     """Run a schedule on an idealised clock (every forward takes `forward_time`, every backward `backward_time`,
     communication free): returns `events` (stage, op, micro-batch, start, end), `makespan`, the measured `bubble`
@@ -158,7 +158,7 @@ def simulate_schedule(schedule: list[list[tuple[str, int]]], forward_time: float
     busy = sum(e[4] - e[3] for e in events)
     return dict(events=events, makespan=makespan, bubble=1 - busy / (p * makespan), peak_in_flight=peak)
 
-
+# %% ../../nbs/07c_tensor_pipeline.ipynb #588267e5
 class PipelineStage(nn.Module):
     """Stage `stage` of `num_stages` of a `TransformerLM`: its share of the layers (split as evenly as possible), plus the
     token embedding on the first stage and the final norm and LM head on the last. Shares the model's parameters."""
@@ -182,7 +182,7 @@ class PipelineStage(nn.Module):
         if self.last: x = self.head(self.norm(x))
         return x
 
-
+# %% ../../nbs/07c_tensor_pipeline.ipynb #dbb232ba
 def run_pipeline(stage: nn.Module, microbatches: list[Tensor] | None, targets: list[Tensor] | None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor], act_shape: tuple[int, ...], *, num_microbatches: int,
                  kind: Schedule = "1f1b", act_dtype: torch.dtype = torch.float32) -> tuple[Tensor | None, list[tuple]]:
