@@ -649,7 +649,7 @@ def bradley_terry(votes: Sequence[tuple[int, int, float]], num_models: int | Non
     if bootstrap:
         rng = np.random.default_rng(seed)
         boots = np.stack([1000 + ELO_SCALE * _bt_mm(_wins_matrix(v[rng.integers(0, len(v), len(v))], m) + 1e-9)
-                          for _ in tqdm(range(bootstrap), desc="bootstrap", leave=False, disable=bootstrap < 200)])
+                          for _ in tqdm(range(bootstrap), desc="bootstrap", leave=False, disable=bootstrap < 1000)])
         a = (1 - ci) / 2
         out.update(lower=np.quantile(boots, a, 0), upper=np.quantile(boots, 1 - a, 0), samples=boots)
     return out
