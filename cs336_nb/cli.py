@@ -287,7 +287,7 @@ def _figure_alts(nb) -> list[str]:
 def _short_title(title: str, group: str) -> str:
     "A sidebar label: 'Core: devices, ...' -> 'Core' in the foundations, 'Lecture 6 (part 4): A fused RMSNorm' -> 'A fused RMSNorm'."
     head, _, rest = title.replace("`", "").partition(": ")
-    return head if group == "00" or not rest else rest
+    return head if group == "00" or not rest else rest[:1].upper() + rest[1:]
 
 def site_nav(pages: list[tuple[str, str, str]]) -> list[dict]:
     "MkDocs `nav` from (notebook stem, title, page file) triples: Home, then one section per lecture number with its parts."
