@@ -20,12 +20,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb.core import describe_device, get_device  # noqa: E402
 from cs336_nb.model import TransformerLM, swiglu_hidden_dim  # noqa: E402
 
 SECTION = "## Rollout generation for RL (Lecture 12)"
-BEGIN, END = "<!-- bench_alignment.py: begin -->", "<!-- bench_alignment.py: end -->"
 
 
 def _time(fn, device, reps: int) -> float:
@@ -81,15 +82,9 @@ def to_markdown(res: dict) -> str:
     return head + "\n".join(f"| {r['variant']} | {r['seconds']:.4f} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x |" for r in res["rows"]) + "\n"
 
 
-def write_results(md: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    "Put `md` between our markers (appending the block at the end the first time); the rest of the file stays."
-    text = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{md.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        i, j = text.index(BEGIN), text.index(END) + len(END)
-        path.write_text(text[:i] + block + text[j:])
-    else:
-        path.write_text(text.rstrip("\n") + "\n\n" + block + "\n")
+def write_results(md: str, path: Path = RESULTS) -> None:
+    "Put `md` in our block of RESULTS.md (under our section the first time); other scripts' rows stay."
+    write_block("bench_alignment.py", md, SECTION, path)
 
 
 def main(argv=None) -> int:

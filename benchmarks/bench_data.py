@@ -28,6 +28,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")       # one thread per pipeline wo
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
+
+SECTION = "## Lecture 11: data (`benchmarks/bench_data.py`)"
 sys.path.insert(0, str(ROOT))
 
 from cs336_nb.core import cpu_name
@@ -199,27 +203,9 @@ def md_pipeline(r: dict) -> str:
     return "\n".join(lines)
 
 
-def section(key: str) -> tuple[str, str]:
-    return f"<!-- bench_data.py {key}: begin -->", f"<!-- bench_data.py {key}: end -->"
-
-
-def write_results(parts: dict[str, str], path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    "Replace each part's marked block (adding a 'Lecture 11' section at the end the first time); the rest stays."
-    text = path.read_text()
-    head = "## Lecture 11: data (`benchmarks/bench_data.py`)"
-    if head not in text: text = text.rstrip("\n") + f"\n\n{head}\n"
-    for key, md in parts.items():
-        b, e = section(key)
-        block = f"{b}\n{md.strip()}\n{e}"
-        if b in text and e in text:
-            i, j = text.index(b), text.index(e) + len(e)
-            text = text[:i] + block + text[j:]
-        else:
-            i = text.index(head) + len(head)
-            nxt = text.find("\n## ", i)
-            nxt = len(text) if nxt < 0 else nxt
-            text = text[:nxt].rstrip("\n") + "\n\n" + block + "\n" + text[nxt:]
-    path.write_text(text)
+def write_results(parts: dict[str, str], path: Path = RESULTS) -> None:
+    "Replace each part's block (`bench_data.py KEY`) under the Lecture 11 section; the rest of the file stays."
+    for key, md in parts.items(): write_block(f"bench_data.py {key}", md, SECTION, path)
 
 
 def format_saved(res: dict, write: bool) -> int:

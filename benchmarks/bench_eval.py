@@ -25,7 +25,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- bench_eval.py: begin -->", "<!-- bench_eval.py: end -->"
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
+from results import RESULTS, read_block, write_block  # noqa: E402  (benchmarks/results.py)
+
+SECTION = "## Evaluation: our MMLU harness against lm-evaluation-harness (Lecture 10)"
 
 
 def tiny_hf_tokenizer(text: str, vocab_size: int = 2048):
@@ -197,23 +200,16 @@ def to_markdown_ours(res: dict) -> str:
     return "\n".join(out)
 
 
-def write_results(md: str, device: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    "Our section of RESULTS.md: rows of other devices kept, this device's replaced."
-    text = path.read_text() if path.exists() else ""
-    old = text[text.index(BEGIN) + len(BEGIN):text.index(END)] if BEGIN in text and END in text else ""
+def write_results(md: str, device: str, path: Path = RESULTS) -> None:
+    "Our block of RESULTS.md: rows and notes of other devices kept, this device's replaced."
+    old = read_block("bench_eval.py", path)
     keep = [l for l in old.splitlines() if l.startswith("| ") and not l.startswith("| device") and f"| {device} |" not in l]
     lines = md.strip().splitlines()
     head = [l for l in old.splitlines() if l.strip() and not l.startswith("|") and device not in l]   # other devices' notes
     head += [l for l in lines if not l.startswith("|")]
     table = [l for l in lines if l.startswith("|")]
     body = "\n\n".join(l for l in head if l.strip()) + "\n\n" + "\n".join(table[:2] + keep + table[2:])
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        i, j = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:i] + block + text[j:]
-    else:
-        text = text.rstrip() + "\n\n## Evaluation: our MMLU harness against lm-evaluation-harness (Lecture 10)\n\n" + block + "\n"
-    path.write_text(text)
+    write_block("bench_eval.py", body, SECTION, path)
 
 
 def main(argv=None) -> int:

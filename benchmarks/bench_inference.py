@@ -26,14 +26,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb.core import describe_device  # noqa: E402
 from cs336_nb.inference import decode_bytes_per_step  # noqa: E402
 from cs336_nb.kernels import measure_copy_bandwidth  # noqa: E402
 from cs336_nb.model import ModelConfig, TransformerLM, set_attention_backend  # noqa: E402
 
 SECTION = "## Inference (Lecture 8)"
-BEGIN, END = "<!-- bench_inference.py: begin -->", "<!-- bench_inference.py: end -->"
 
 
 def llama_config(small: bool, context: int):
@@ -168,19 +169,9 @@ def to_markdown(r: dict) -> str:
     return head + "\n".join(lines + sweep) + "\n" + "\n".join(notes) + "\n"
 
 
-def write_results(md: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    "Put `md` between our markers in our section (appended at the end if absent); the rest of the file stays as is."
-    text = path.read_text()
-    block = f"{BEGIN}\n{md.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        i, j = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:i] + block + text[j:]
-    elif SECTION in text:
-        k = text.index(SECTION) + len(SECTION)
-        text = text[:k] + "\n\n" + block + "\n" + text[k:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(text)
+def write_results(md: str, path: Path = RESULTS) -> None:
+    "Put `md` in our block of RESULTS.md (under our section the first time); other scripts' rows stay."
+    write_block("bench_inference.py", md, SECTION, path)
 
 
 def main(argv=None) -> int:

@@ -25,7 +25,9 @@ if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb import moe_grouped_gemm as G  # noqa: E402
 from cs336_nb.core import benchmark, describe_device, fmt_flops_per_s  # noqa: E402
 from cs336_nb.model import SwiGLU  # noqa: E402
@@ -33,7 +35,6 @@ from cs336_nb.moe import MoE  # noqa: E402
 from cs336_nb.moe_grouped_gemm import grouped_mm, random_offs  # noqa: E402
 
 SECTION = "## Mixture of experts (Lecture 5)"
-BEGIN, END = "<!-- bench_moe.py: begin -->", "<!-- bench_moe.py: end -->"
 FULL = dict(tokens=16384, d_model=2048, shapes=[dict(name="64 experts top-8, d_ff 1408, 2 shared", num_experts=64, top_k=8,
                                                       d_ff=1408, num_shared_experts=2),
                                                  dict(name="8 experts top-2, d_ff 5632 (Mixtral-like)", num_experts=8, top_k=2,
@@ -209,18 +210,9 @@ def to_markdown(res: dict) -> str:
                                                                         else "(CPU smoke run: the targets apply on the GPU.)\n")
 
 
-def write_results(md: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    "Put `md` between our markers (appending our section at the end the first time); the rest of the file stays as is."
-    text = path.read_text()
-    block = f"{BEGIN}\n{md.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        i, j = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:i] + block + text[j:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def write_results(md: str, path: Path = RESULTS) -> None:
+    "Put `md` in our block of RESULTS.md (under our section the first time); other scripts' rows stay."
+    write_block("bench_moe.py", md, SECTION, path)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb import accounting  # noqa: E402
 from cs336_nb.core import benchmark, describe_device, detect_accelerator, fmt_bytes, mfu  # noqa: E402
 from cs336_nb.model import ModelConfig, TransformerLM  # noqa: E402
@@ -217,20 +219,11 @@ def to_markdown(res: dict) -> str:
     return head + "\n".join(lines) + notes + ("\n" + "\n".join(targets) + "\n" if targets else "")
 
 
-BEGIN, END = "<!-- bench_training.py: begin -->", "<!-- bench_training.py: end -->"
 
 
-def write_results(md: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    "Put `md` between our markers at the top of our section; everything else in the file (other scripts' rows) stays as is."
-    text = path.read_text()
-    block = f"{BEGIN}\n{md.strip()}\n{END}"
-    if BEGIN in text and END in text:
-        i, j = text.index(BEGIN), text.index(END) + len(END)
-        path.write_text(text[:i] + block + text[j:])
-        return
-    start = text.index(SECTION) + len(SECTION)
-    rest = text[start:].replace("\n(pending: `python benchmarks/bench_training.py`)\n", "", 1).lstrip("\n")
-    path.write_text(text[:start] + "\n\n" + block + "\n\n" + rest)
+def write_results(md: str, path: Path = RESULTS) -> None:
+    "Put `md` in our block of RESULTS.md (under our section the first time); other scripts' rows stay."
+    write_block("bench_training.py", md, SECTION, path)
 
 
 def main(argv=None) -> int:
