@@ -593,11 +593,16 @@ class TransformerLM(nn.Module):
         T = token_ids.shape[-1]
         if T > self.context_length: raise ValueError(f"sequence length {T} exceeds context_length={self.context_length}")
         if kv_cache is not None: return self._forward_cached(token_ids, token_positions, kv_cache)
-        x = self.token_embeddings(token_ids)
-        for layer in self.layers: x = layer(x, token_positions)
-        logits = self.lm_head(self.ln_final(x))
+        logits = self.lm_head(self.hidden_states(token_ids, token_positions))
         if self.logit_soft_cap is not None: logits = self.logit_soft_cap * torch.tanh(logits / self.logit_soft_cap)
         return logits
+
+    def hidden_states(self, token_ids: Int[Tensor, "... seq"], token_positions: Int[Tensor, "... seq"] | None = None
+                      ) -> Float[Tensor, "... seq d_model"]:
+        "The final-normed hidden states that `lm_head` maps to logits (a fused linear + loss starts here; no KV cache)."
+        x = self.token_embeddings(token_ids)
+        for layer in self.layers: x = layer(x, token_positions)
+        return self.ln_final(x)
 
 # %% ../nbs/03_architectures.ipynb #kvc00001
 @dataclass(eq=False)
