@@ -7,6 +7,8 @@ Docs: https://cs336-nb.github.io/cs336-nb/serving.html.md"""
 # %% ../nbs/08c_serving.ipynb #03b1574c
 from __future__ import annotations
 
+import functools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -16,10 +18,12 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from .kernels._triton import _bind_triton, _check_triton_inputs
 from .model import TransformerLM, sample_logits, scaled_dot_product_attention
 
 # %% auto #0
-__all__ = ['PagedKVCache', 'paged_attention', 'paged_forward', 'Request', 'Engine', 'static_batching', 'mixed_workload']
+__all__ = ['triton', 'tl', 'PagedKVCache', 'gathered_attention', 'paged_attention', 'paged_forward', 'paged_attention_triton',
+           'Request', 'Engine', 'static_batching', 'mixed_workload']
 
 # %% ../nbs/08c_serving.ipynb #a832c05e
 class PagedKVCache:
@@ -55,9 +59,24 @@ class PagedKVCache:
     def pages_for(self, num_tokens: int) -> int: return -(-num_tokens // self.page_size)
 
 # %% ../nbs/08c_serving.ipynb #5b2780fd
+def gathered_attention(q: Float[Tensor, "b h t d"], k_pages: Tensor, v_pages: Tensor, table: Int[Tensor, "b n"],
+                       pos: Int[Tensor, "b t"]) -> Float[Tensor, "b h t d"]:
+    "Causal attention over each row's pages, copied into one (B, H, n*P, D) tensor first: simple, and a copy per step."
+    keys = rearrange(k_pages[table], "b n p h d -> b h (n p) d").to(q.dtype)  # (B, Hkv, S, D): each row's history, in order
+    values = rearrange(v_pages[table], "b n p h d -> b h (n p) d").to(q.dtype)
+    g = q.shape[1] // keys.shape[1]
+    if g > 1: keys, values = keys.repeat_interleave(g, dim=1), values.repeat_interleave(g, dim=1)
+    mask = (torch.arange(keys.shape[2], device=q.device) <= pos[..., None])[:, None]  # (B, 1, T, S)
+    if q.is_cuda: return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    return scaled_dot_product_attention(q, keys, values, mask)
+
+
 def paged_attention(attn: nn.Module, x: Float[Tensor, "b t d"], pos: Int[Tensor, "b t"], valid: Tensor, table: Int[Tensor, "b n"],
-                    cache: PagedKVCache, layer_idx: int) -> Float[Tensor, "b t d"]:
-    "The model's attention `attn` (a MultiHeadSelfAttention) for new tokens at `pos`, over each row's paged K/V."
+                    cache: PagedKVCache, layer_idx: int, *, impl: str = "auto") -> Float[Tensor, "b t d"]:
+    """The model's attention `attn` (a MultiHeadSelfAttention) for new tokens at `pos`, over each row's paged K/V.
+    `impl`: 'gather' (`gathered_attention`), 'triton' (`paged_attention_triton`, below: the pages read in place), or
+    'auto': the kernel for bf16/fp16 on a GPU, the gather otherwise (exact in float32)."""
+    if impl not in ("auto", "gather", "triton"): raise ValueError(f"impl must be 'auto', 'gather' or 'triton', got {impl!r}")
     B, T, _ = x.shape
     q = rearrange(attn.q_proj(x), "b t (h d) -> b h t d", h=attn.num_heads)
     k = rearrange(attn.k_proj(x), "b t (h d) -> b h t d", h=attn.num_kv_heads)
@@ -68,18 +87,13 @@ def paged_attention(attn: nn.Module, x: Float[Tensor, "b t d"], pos: Int[Tensor,
     page = table.gather(1, pos // P)  # (B, T): physical page of each new token
     kp[page[valid], (pos % P)[valid]] = k.transpose(1, 2)[valid].to(kp.dtype)  # (n_valid, Hkv, D) into their slots
     vp[page[valid], (pos % P)[valid]] = v.transpose(1, 2)[valid].to(vp.dtype)
-    keys = rearrange(kp[table], "b n p h d -> b h (n p) d").to(q.dtype)  # (B, Hkv, S, D): each row's history, in order
-    values = rearrange(vp[table], "b n p h d -> b h (n p) d").to(q.dtype)
-    g = attn.num_heads // attn.num_kv_heads
-    if g > 1: keys, values = keys.repeat_interleave(g, dim=1), values.repeat_interleave(g, dim=1)
-    mask = (torch.arange(keys.shape[2], device=x.device) <= pos[..., None])[:, None]  # (B, 1, T, S)
-    if x.is_cuda: out = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-    else: out = scaled_dot_product_attention(q, keys, values, mask)
+    if impl == "auto": impl = "triton" if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and kp.dtype == q.dtype else "gather"
+    out = paged_attention_triton(q, kp, vp, table, pos) if impl == "triton" else gathered_attention(q, kp, vp, table, pos)
     return attn.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
 # %% ../nbs/08c_serving.ipynb #85cd6e58
 def paged_forward(model: TransformerLM, ids: Int[Tensor, "b t"], start: Int[Tensor, "b"], n_new: Int[Tensor, "b"],
-                  table: Int[Tensor, "b n"], cache: PagedKVCache) -> Float[Tensor, "b vocab"]:
+                  table: Int[Tensor, "b n"], cache: PagedKVCache, *, impl: str = "auto") -> Float[Tensor, "b vocab"]:
     "Append each row's `n_new` tokens (right-padded `ids`) after its `start` cached ones; logits of each row's last new token."
     cfg = model.config
     if cfg.norm_position != "pre": raise ValueError("paged_forward serves pre-norm models (norm_position='pre')")
@@ -89,12 +103,83 @@ def paged_forward(model: TransformerLM, ids: Int[Tensor, "b t"], start: Int[Tens
     pos = torch.where(valid, pos, start[:, None])  # padding sits at a real slot, and is never written
     x = model.token_embeddings(ids)
     for i, layer in enumerate(model.layers):
-        x = x + paged_attention(layer.attn, layer.ln1(x), pos, valid, table, cache, i)
+        x = x + paged_attention(layer.attn, layer.ln1(x), pos, valid, table, cache, i, impl=impl)
         x = x + layer.ffn(layer.ln2(x))
     x = x[torch.arange(B, device=ids.device), n_new - 1]  # (B, d): the last new token of each row
     logits = model.lm_head(model.ln_final(x))
     if model.logit_soft_cap is not None: logits = model.logit_soft_cap * torch.tanh(logits / model.logit_soft_cap)
     return logits
+
+# %% ../nbs/08c_serving.ipynb #9b7ff4ce
+triton = tl = None  # bound in this module by `_bind_triton(globals())` when the kernel is first built
+
+
+@functools.cache
+def _paged_attention_kernel():
+    "Build the paged-attention kernel: one program per (row, head, block of new tokens), online softmax over its pages."
+    global _paged_attn_kernel
+    _bind_triton(globals())
+
+    @triton.jit
+    def _paged_attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, pos_ptr, o_ptr, H, G, T, D, P, scale,
+                           sqb, sqh, sqt, skn, skp, skh, stb, spb, sob, soh, sot,
+                           BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr):
+        b, h = tl.program_id(0) // H, tl.program_id(0) % H
+        ts = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)       # (BT,) new tokens of this program
+        d = tl.arange(0, BLOCK_D)
+        tmask, dmask = ts < T, d < D
+        q = tl.load(q_ptr + b * sqb + h * sqh + ts[:, None] * sqt + d[None, :], mask=tmask[:, None] & dmask[None, :], other=0.0)
+        qpos = tl.load(pos_ptr + b * spb + ts, mask=tmask, other=-1)     # (BT,) position of each new token
+        m = tl.full((BLOCK_T,), -1e30, tl.float32)
+        l = tl.zeros((BLOCK_T,), tl.float32)
+        acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
+        for s0 in range(0, tl.max(qpos, 0) + 1, BLOCK_S):                # keys 0 .. the last position needed
+            js = s0 + tl.arange(0, BLOCK_S)                              # (BS,) logical key positions
+            live = js <= tl.max(qpos, 0)                                  # (BS,) keys some query of this block needs
+            page = tl.load(table_ptr + b * stb + js // P, mask=live, other=0).to(tl.int64)  # physical page, read in place
+            off = page * skn + (js % P) * skp + (h // G) * skh           # (BS,) start of each key's head vector
+            kv_mask = live[:, None] & dmask[None, :]
+            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)   # (BS, BD)
+            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
+            if USE_DOT: s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale           # (BT, BS)
+            else: s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2) * scale
+            s = tl.where(js[None, :] <= qpos[:, None], s, -1e30)         # causal: a key at or before the query
+            m_new = tl.maximum(m, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m - m_new)
+            l = l * alpha + tl.sum(p, 1)
+            if USE_DOT: pv = tl.dot(p.to(v.dtype), v).to(tl.float32)
+            else: pv = tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), axis=1)
+            acc = acc * alpha[:, None] + pv
+            m = m_new
+        out = acc / l[:, None]
+        tl.store(o_ptr + b * sob + h * soh + ts[:, None] * sot + d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=tmask[:, None] & dmask[None, :])
+    return _paged_attn_kernel
+
+# %% ../nbs/08c_serving.ipynb #6f0b6191
+def paged_attention_triton(q: Float[Tensor, "b h t d"], k_pages: Float[Tensor, "n p hkv d"], v_pages: Float[Tensor, "n p hkv d"],
+                           table: Int[Tensor, "b m"], pos: Int[Tensor, "b t"], *, block_s: int = 64) -> Float[Tensor, "b h t d"]:
+    "Causal attention of new queries at `pos` over each row's pages, read where they lie in the pool (no gathered copy)."
+    _check_triton_inputs("paged_attention_triton", q, k_pages, v_pages, table, pos)
+    B, H, T, D = q.shape
+    Hkv, P = k_pages.shape[2], k_pages.shape[1]
+    if H % Hkv: raise ValueError(f"query heads ({H}) must be a multiple of the KV heads ({Hkv})")
+    if k_pages.shape != v_pages.shape or k_pages.shape[3] != D:
+        raise ValueError(f"k_pages {tuple(k_pages.shape)} and v_pages {tuple(v_pages.shape)} must both be (pages, page_size, {Hkv}, {D})")
+    if int(pos.max()) >= table.shape[1] * P: raise ValueError(f"a position {int(pos.max())} lies past the row's {table.shape[1]} pages of {P}")
+    kernel = _paged_attention_kernel()  # imports Triton and binds it here
+    q, k_pages, v_pages = q.contiguous(), k_pages.contiguous(), v_pages.contiguous()
+    table, pos = table.to(torch.int32).contiguous(), pos.to(torch.int32).contiguous()
+    out = torch.empty_like(q)
+    block_t = min(triton.next_power_of_2(T), 32)
+    block_d = max(triton.next_power_of_2(D), 16)
+    kernel[(B * H, triton.cdiv(T, block_t))](
+        q, k_pages, v_pages, table, pos, out, H, H // Hkv, T, D, P, 1.0 / math.sqrt(D),
+        q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
+        table.stride(0), pos.stride(0), out.stride(0), out.stride(1), out.stride(2),
+        BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, USE_DOT=block_t >= 16)
+    return out
 
 # %% ../nbs/08c_serving.ipynb #aa2d7343
 @dataclass

@@ -114,3 +114,45 @@ def test_bad_requests():
     with pytest.raises(ValueError, match="page_size"): Engine(model, max_batch=1, page_size=0, max_pages=4)
     with pytest.raises(TypeError, match="TransformerLM"): Engine(torch.nn.Linear(2, 2), max_batch=1, page_size=4, max_pages=4)
     with pytest.raises(RuntimeError, match="out of KV pages"): eng.cache.allocate(5)
+
+
+@pytest.fixture
+def interpret_triton(monkeypatch):
+    "Triton kernels on CPU tensors through the interpreter (TRITON_INTERPRET is read at launch)."
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available(): monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.parametrize("T,starts,Hkv,H,D,P", [(1, [13, 6], 2, 4, 16, 4),     # decode: elementwise path, GQA
+                                                (16, [0, 7], 2, 4, 16, 4),     # prefill block: tl.dot path
+                                                (3, [0, 20], 1, 3, 24, 3),     # MQA, head_dim and page size not powers of 2
+                                                (1, [0, 0], 2, 2, 8, 8)])      # first token only
+def test_paged_kernel_equals_gather(interpret_triton, T, starts, Hkv, H, D, P):
+    from cs336_nb.serving import gathered_attention, paged_attention_triton
+    torch.manual_seed(0)
+    k_pages, v_pages = torch.randn(32, P, Hkv, D), torch.randn(32, P, Hkv, D)
+    n = -(-(max(starts) + T) // P)
+    table = torch.randperm(32)[:2 * n].reshape(2, n)
+    pos = torch.tensor(starts)[:, None] + torch.arange(T)
+    q = torch.randn(2, H, T, D)
+    torch.testing.assert_close(paged_attention_triton(q, k_pages, v_pages, table, pos),
+                               gathered_attention(q, k_pages, v_pages, table, pos), atol=1e-5, rtol=1e-5)
+
+
+def test_paged_forward_impls_agree(interpret_triton):
+    model = _model(num_kv_heads=2)
+    cache_g = PagedKVCache([(l.attn.num_kv_heads, l.attn.d_head) for l in model.layers], max_pages=8, page_size=4)
+    cache_t = PagedKVCache([(l.attn.num_kv_heads, l.attn.d_head) for l in model.layers], max_pages=8, page_size=4)
+    table = torch.tensor([[3, 0, 5], [1, 7, 2]])
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        a = paged_forward(model, ids, torch.tensor([0, 0]), torch.tensor([9, 5]), table, cache_g, impl="gather")
+        b = paged_forward(model, ids, torch.tensor([0, 0]), torch.tensor([9, 5]), table, cache_t, impl="triton")
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_paged_impl_is_checked():
+    model = _model()
+    cache = PagedKVCache([(l.attn.num_kv_heads, l.attn.d_head) for l in model.layers], max_pages=4, page_size=4)
+    with pytest.raises(ValueError, match="impl must be"):
+        paged_forward(model, torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]), torch.tensor([1]), torch.tensor([[0]]), cache, impl="nosuch")
