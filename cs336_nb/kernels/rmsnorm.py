@@ -8,6 +8,7 @@ Docs: https://cs336-nb.github.io/cs336-nb/rmsnorm.html.md"""
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from jaxtyping import Float
@@ -70,8 +71,9 @@ def _rmsnorm_kernels():
 # %% ../../nbs/06c_rmsnorm.ipynb #d64d4d33
 RMSNORM_MAX_DIM = 65536
 
+@functools.cache
 def _rmsnorm_launch(D: int) -> tuple[int, int, int]:
-    "(rows per program, padded row length, warps): about 8K elements per program"
+    "(rows per program, padded row length, warps): about 8K elements per program; cached, as it runs every call"
     block_d = triton.next_power_of_2(D)
     block_m = max(1, min(64, 8192 // block_d))
     tile = block_d * block_m
@@ -82,54 +84,116 @@ RMSNORM_BWD_CONFIG: dict[str, int] = {}
 
 def _rmsnorm_bwd_launch(D: int) -> tuple[int, int, int, int]:
     "(rows per loop step, padded row length, warps, programs per SM) for the backward's persistent grid"
+    return _rmsnorm_bwd_launch_cached(D, tuple(sorted(RMSNORM_BWD_CONFIG.items())))
+
+@functools.cache
+def _rmsnorm_bwd_launch_cached(D: int, overrides: tuple[tuple[str, int], ...]) -> tuple[int, int, int, int]:
     # tuned on an H100 (bf16, rows x d = 32768x4096, 16384x2048, 16384x8192, 8192x16384) among 36 configs
+    cfg = dict(overrides)
     block_d = triton.next_power_of_2(D)
-    block_m = RMSNORM_BWD_CONFIG.get("block_m", max(1, (16384 if block_d >= 4096 else 4096) // block_d))
+    block_m = cfg.get("block_m", max(1, (16384 if block_d >= 4096 else 4096) // block_d))
     tile = block_m * block_d
-    warps = RMSNORM_BWD_CONFIG.get("warps", 16 if tile >= 16384 else 4 if tile <= 4096 else 8)
-    return block_m, block_d, warps, RMSNORM_BWD_CONFIG.get("progs_per_sm", 2)
+    warps = cfg.get("warps", 16 if tile >= 16384 else 4 if tile <= 4096 else 8)
+    return block_m, block_d, warps, cfg.get("progs_per_sm", 2)
 
 @functools.cache
 def _num_sms(device: torch.device) -> int:
+    "Streaming multiprocessors of `device` (2 on a CPU, where the interpreter runs the grid)."
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
 
 # %% ../../nbs/06c_rmsnorm.ipynb #89b175d8
+def _check_rmsnorm_args(x: Tensor, weight: Tensor) -> int:
+    "The row length D, after checking that `weight` is (D,) and D is supported."
+    D = x.shape[-1]
+    if weight.shape != (D,): raise ValueError(f"weight: expected shape ({D},), got {tuple(weight.shape)}")
+    if D > RMSNORM_MAX_DIM: raise ValueError(f"x: last dim {D} > {RMSNORM_MAX_DIM} is not supported")
+    return D
+
+def _as_rows(t: Tensor, D: int) -> Tensor:
+    "`t` as a contiguous (rows, D) matrix, without a copy or a dispatcher call where it already is one."
+    if t.dim() != 2: t = t.reshape(-1, D)
+    return t if t.is_contiguous() else t.contiguous()
+
+def _rmsnorm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    "Launch the forward: (y shaped like x, float32 1/rms per row)."
+    if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and x.is_cuda and weight.is_cuda):
+        _check_triton_inputs("rmsnorm_triton", x, weight)   # the full check (type, device, interpreter) off the GPU
+    fwd, _ = _rmsnorm_kernels()
+    D = _check_rmsnorm_args(x, weight)
+    x2, w = _as_rows(x, D), (weight if weight.is_contiguous() else weight.contiguous())
+    n = x2.shape[0]
+    y = torch.empty_like(x2)                                                   # (rows, D)
+    rstd = torch.empty(n, device=x.device, dtype=torch.float32)                # (rows,)
+    bm, bd, nw = _rmsnorm_launch(D)
+    if n: fwd[(triton.cdiv(n, bm),)](x2, w, y, rstd, n, D, eps, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
+    return y.view(x.shape), rstd
+
+def _rmsnorm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    "Launch the backward: (dL/dx shaped like x, dL/dw in weight's dtype)."
+    _, bwd = _rmsnorm_kernels()
+    D = x.shape[-1]
+    x2, dy2 = _as_rows(x, D), _as_rows(dy, D)
+    n = x2.shape[0]
+    dx = torch.empty_like(x2)                                                  # (rows, D)
+    bm, bd, nw, progs_per_sm = _rmsnorm_bwd_launch(D)
+    n_progs = max(1, min(triton.cdiv(n, bm), progs_per_sm * _num_sms(x2.device)))
+    dw_partial = torch.empty(n_progs, D, device=x2.device, dtype=torch.float32)  # one partial sum per program
+    w = weight if weight.is_contiguous() else weight.contiguous()
+    bwd[(n_progs,)](dy2, x2, w, rstd, dx, dw_partial, n, D, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
+    return dx.view(x.shape), dw_partial.sum(0).to(weight.dtype)
+
+# %% ../../nbs/06c_rmsnorm.ipynb #45270bf4
 class RMSNormTritonFunction(torch.autograd.Function):
     "Fused RMSNorm: `apply(x, weight, eps)`; saves x, weight and one float32 1/rms per row for the backward."
     @staticmethod
     def forward(ctx, x, weight, eps=1e-5):
-        _check_triton_inputs("RMSNormTritonFunction", x, weight)
-        fwd, _ = _rmsnorm_kernels()
-        D = x.shape[-1]
-        if weight.shape != (D,): raise ValueError(f"weight: expected shape ({D},), got {tuple(weight.shape)}")
-        if D > RMSNORM_MAX_DIM: raise ValueError(f"x: last dim {D} > {RMSNORM_MAX_DIM} is not supported")
-        x2 = x.reshape(-1, D).contiguous()
-        n = x2.shape[0]
-        y = torch.empty_like(x2)
-        rstd = torch.empty(n, device=x.device, dtype=torch.float32)
-        bm, bd, nw = _rmsnorm_launch(D)
-        if n: fwd[(triton.cdiv(n, bm),)](x2, weight.contiguous(), y, rstd, n, D, float(eps), BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
-        ctx.save_for_backward(x2, weight, rstd)
-        ctx.x_shape = x.shape
-        return y.view(x.shape)
+        y, rstd = _rmsnorm_forward(x, weight, float(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        _, bwd = _rmsnorm_kernels()
-        x2, weight, rstd = ctx.saved_tensors
-        n, D = x2.shape
-        dy2 = dy.reshape(-1, D).contiguous()
-        dx = torch.empty_like(x2)
-        bm, bd, nw, progs_per_sm = _rmsnorm_bwd_launch(D)
-        n_sm = _num_sms(x2.device)
-        n_progs = max(1, min(triton.cdiv(n, bm), progs_per_sm * n_sm))
-        dw_partial = torch.empty(n_progs, D, device=x2.device, dtype=torch.float32)
-        bwd[(n_progs,)](dy2, x2, weight.contiguous(), rstd, dx, dw_partial, n, D, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
-        return dx.view(ctx.x_shape), dw_partial.sum(0).to(weight.dtype), None
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = _rmsnorm_backward(dy, x, weight, rstd)
+        return dx, dw, None
 
+# %% ../../nbs/06c_rmsnorm.ipynb #2d0b22c4
+@torch.library.custom_op("cs336_nb::rmsnorm_fwd", mutates_args=())
+def _rmsnorm_fwd_op(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    "Custom operator: fused RMSNorm forward, (y, 1/rms per row)."
+    return _rmsnorm_forward(x, weight, eps)
+
+@_rmsnorm_fwd_op.register_fake
+def _(x, weight, eps):
+    _check_rmsnorm_args(x, weight)
+    return x.new_empty(x.shape), x.new_empty(math.prod(x.shape[:-1]), dtype=torch.float32)
+
+@torch.library.custom_op("cs336_nb::rmsnorm_bwd", mutates_args=())
+def _rmsnorm_bwd_op(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+    "Custom operator: fused RMSNorm backward, (dL/dx, dL/dw)."
+    return _rmsnorm_backward(dy, x, weight, rstd)
+
+@_rmsnorm_bwd_op.register_fake
+def _(dy, x, weight, rstd): return x.new_empty(x.shape), torch.empty_like(weight)
+
+def _rmsnorm_setup_context(ctx, inputs, output):
+    x, weight, _ = inputs
+    ctx.save_for_backward(x, weight, output[1])
+
+def _rmsnorm_op_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw = _rmsnorm_bwd_op(dy, x, weight, rstd)
+    return dx, dw, None
+
+_rmsnorm_fwd_op.register_autograd(_rmsnorm_op_backward, setup_context=_rmsnorm_setup_context)
+
+# %% ../../nbs/06c_rmsnorm.ipynb #03603b9e
 def rmsnorm_triton(x: Float[Tensor, "... d"], weight: Float[Tensor, "d"], eps: float = 1e-5) -> Float[Tensor, "... d"]:
     "Fused RMSNorm (Triton forward and backward), computed in float32, output in x's dtype."
-    return RMSNormTritonFunction.apply(x, weight, eps)
+    if torch.compiler.is_compiling(): return _rmsnorm_fwd_op(x, weight, float(eps))[0]
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return RMSNormTritonFunction.apply(x, weight, eps)
+    return _rmsnorm_forward(x, weight, float(eps))[0]
 
 # %% ../../nbs/06c_rmsnorm.ipynb #7ca48241
 def rmsnorm_eager(x: Float[Tensor, "... d"], weight: Float[Tensor, "d"], eps: float = 1e-5) -> Float[Tensor, "... d"]:
