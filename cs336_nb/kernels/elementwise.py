@@ -19,7 +19,8 @@ from torch import Tensor
 from ._triton import _bind_triton, _check_triton_inputs
 
 # %% auto #0
-__all__ = ['GELU_CUDA_SOURCE', 'gelu_eager', 'gelu_torch', 'gelu_cuda', 'gelu_triton', 'softmax_eager', 'softmax_triton']
+__all__ = ['GELU_CUDA_SOURCE', 'gelu_eager', 'gelu_torch', 'gelu_cuda', 'gelu_triton', 'softmax_eager', 'softmax_memory_traffic',
+           'softmax_triton']
 
 # %% ../../nbs/06b_elementwise.ipynb #162574c1
 triton = tl = None  # bound in this module by `_bind_triton(globals())` when a kernel is first built
@@ -78,6 +79,7 @@ def gelu_cuda(x: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
 # %% ../../nbs/06b_elementwise.ipynb #54f05dd2
 @functools.cache
 def _gelu_kernel():
+    "Build the GeLU kernel on first use (binds `triton` and `tl` in this module first)."
     global _gelu_fwd_kernel
     _bind_triton(globals())
 
@@ -92,16 +94,43 @@ def _gelu_kernel():
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     return _gelu_fwd_kernel
 
-def gelu_triton(x: Float[Tensor, "..."], block: int = 4096) -> Float[Tensor, "..."]:
-    "GeLU (tanh approximation) by a Triton kernel; any float dtype, computed in float32."
-    _check_triton_inputs("gelu_triton", x)
+def _on_gpu(name: str, *tensors) -> None:
+    "The cheap check for the common case (CUDA tensors); the full one (types, devices, interpreter) otherwise."
+    if not all(isinstance(t, Tensor) and t.is_cuda for t in tensors): _check_triton_inputs(name, *tensors)
+
+def _gelu_forward(x: Tensor, block: int) -> Tensor:
+    "Launch the GeLU kernel: y shaped like x."
+    _on_gpu("gelu_triton", x)
     if block < 16 or block & (block - 1): raise ValueError(f"block must be a power of two >= 16, got {block}")
     kernel = _gelu_kernel()
-    x = x.contiguous()
+    x = x if x.is_contiguous() else x.contiguous()
     y = torch.empty_like(x)
     n = x.numel()
     if n: kernel[(triton.cdiv(n, block),)](x, y, n, BLOCK=block, num_warps=4 if block <= 1024 else 8)
     return y
+
+# %% ../../nbs/06b_elementwise.ipynb #f6eef7b0
+@torch.library.custom_op("cs336_nb::gelu", mutates_args=())
+def _gelu_op(x: Tensor, block: int) -> Tensor:
+    "Custom operator: GeLU (tanh approximation) by the Triton kernel."
+    return _gelu_forward(x, block)
+
+@_gelu_op.register_fake
+def _(x, block): return x.new_empty(x.shape)
+
+def _gelu_op_backward(ctx, dy):
+    x = ctx.saved_tensors[0].float()
+    t = torch.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+    da = 0.7978845608028654 * (1.0 + 3 * 0.044715 * x * x)
+    return (dy.float() * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * da)).to(dy.dtype), None
+
+_gelu_op.register_autograd(_gelu_op_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[0]))
+
+def gelu_triton(x: Float[Tensor, "..."], block: int = 4096) -> Float[Tensor, "..."]:
+    "GeLU (tanh approximation) by a Triton kernel; any float dtype, computed in float32; differentiable."
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad):
+        return _gelu_op(x, block)
+    return _gelu_forward(x, block)
 
 # %% ../../nbs/06b_elementwise.ipynb #7fffa6ec
 def softmax_eager(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
@@ -110,8 +139,23 @@ def softmax_eager(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
     e = torch.exp(z)
     return e / e.sum(dim=-1, keepdim=True)
 
+# %% ../../nbs/06b_elementwise.ipynb #75bad8e7
+def softmax_memory_traffic(m: int, n: int) -> dict[str, dict[str, int]]:
+    "Elements read and written per step of the eager softmax of an (m, n) matrix (the lecture's count), with totals and the fused kernel's."
+    steps = {"max over each row": (m * n, m),            # read x; write one max per row
+             "x - max": (m * n + m, m * n),              # read x and the maxima; write z
+             "exp": (m * n, m * n),                      # read z; write the numerator
+             "sum over each row": (m * n, m),            # read the numerator; write one sum per row
+             "numerator / sum": (m * n, m * n)}          # read the numerator (the lecture leaves out the m sums)
+    out = {k: dict(reads=r, writes=w) for k, (r, w) in steps.items()}
+    out["eager total"] = dict(reads=sum(r for r, _ in steps.values()), writes=sum(w for _, w in steps.values()))
+    out["fused"] = dict(reads=m * n, writes=m * n)       # one row per program: read it once, write it once
+    return out
+
+# %% ../../nbs/06b_elementwise.ipynb #f3d4a834
 @functools.cache
 def _softmax_kernel():
+    "Build the row-softmax kernel on first use (binds `triton` and `tl` in this module first)."
     global _softmax_fwd_kernel
     _bind_triton(globals())
 
@@ -127,17 +171,46 @@ def _softmax_kernel():
         tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     return _softmax_fwd_kernel
 
-def softmax_triton(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
-    "Softmax over the last dim, one Triton program per row (rows up to 65536 long)."
-    _check_triton_inputs("softmax_triton", x)
-    if x.dim() == 0: raise ValueError("x: expected at least 1 dim")
-    kernel = _softmax_kernel()
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).contiguous()
-    y = torch.empty_like(x2)
-    n_rows, n_cols = x2.shape
+@functools.cache
+def _softmax_launch(n_cols: int) -> tuple[int, int]:
+    "(padded row length, warps) for rows of `n_cols`; cached, as it runs every call"
     if n_cols > 65536: raise ValueError(f"x: rows of {n_cols} > 65536 elements are not supported")
     block = triton.next_power_of_2(n_cols)
-    nw = 4 if block <= 2048 else 8 if block <= 8192 else 16
+    return block, 4 if block <= 2048 else 8 if block <= 8192 else 16
+
+def _softmax_forward(x: Tensor) -> Tensor:
+    "Launch the softmax kernel over the last dim: y shaped like x."
+    _on_gpu("softmax_triton", x)
+    if x.dim() == 0: raise ValueError("x: expected at least 1 dim")
+    kernel = _softmax_kernel()
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+    x2 = x2 if x2.is_contiguous() else x2.contiguous()
+    y = torch.empty_like(x2)                                    # (rows, n)
+    n_rows, n_cols = x2.shape
+    block, nw = _softmax_launch(n_cols)
     if x2.numel(): kernel[(n_rows,)](x2, y, n_cols, x2.stride(0), y.stride(0), BLOCK=block, num_warps=nw)
-    return y.view(shape)
+    return y.view(x.shape)
+
+# %% ../../nbs/06b_elementwise.ipynb #65898852
+@torch.library.custom_op("cs336_nb::softmax", mutates_args=())
+def _softmax_op(x: Tensor) -> Tensor:
+    "Custom operator: softmax over the last dim by the Triton kernel."
+    return _softmax_forward(x)
+
+@_softmax_op.register_fake
+def _(x):
+    if x.dim() == 0: raise ValueError("x: expected at least 1 dim")
+    return x.new_empty(x.shape)
+
+def _softmax_op_backward(ctx, dy):
+    y = ctx.saved_tensors[0]
+    yf, dyf = y.float(), dy.float()
+    return (yf * (dyf - (dyf * yf).sum(-1, keepdim=True))).to(dy.dtype)   # dx = y (dy - <dy, y>)
+
+_softmax_op.register_autograd(_softmax_op_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(output))
+
+def softmax_triton(x: Float[Tensor, "... n"]) -> Float[Tensor, "... n"]:
+    "Softmax over the last dim, one Triton program per row (rows up to 65536 long); differentiable."
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and isinstance(x, Tensor) and x.requires_grad):
+        return _softmax_op(x)
+    return _softmax_forward(x)
