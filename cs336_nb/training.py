@@ -25,14 +25,15 @@ from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
 
 # %% auto #0
 __all__ = ['generate', 'cross_entropy', 'get_lr_cosine_schedule', 'get_lr_wsd_schedule', 'gradient_clipping',
-           'tokenize_to_memmap', 'get_batch', 'save_checkpoint', 'load_checkpoint', 'bits_per_byte', 'TokenizedCorpus',
-           'split_text', 'prepare_corpus', 'evaluate', 'add_residual_dropout', 'WeightEMA', 'TrainConfig',
+           'tokenize_to_memmap', 'get_batch', 'save_checkpoint', 'load_checkpoint', 'bits_per_byte', 'split_text',
+           'TokenizedCorpus', 'prepare_corpus', 'evaluate', 'add_residual_dropout', 'WeightEMA', 'TrainConfig',
            'build_model', 'train', 'plot_training', 'sample_next_token', 'generate_text', 'train_cli']
 
 # %% ../nbs/04_training.ipynb #122e1fe9
@@ -235,12 +236,19 @@ def load_checkpoint(src: str | os.PathLike | IO[bytes], model: torch.nn.Module,
         optimizer.load_state_dict(state["optimizer"])
     return int(state["iteration"])
 
-# %% ../nbs/04_training.ipynb #3adc035e
+# %% ../nbs/04_training.ipynb #262a78ab
 def bits_per_byte(loss: float, num_tokens: int, num_bytes: int) -> float:
     "Convert a mean loss in nats per token over `num_tokens` tokens that spell `num_bytes` bytes of text into bits per byte."
     if num_bytes <= 0 or num_tokens <= 0: raise ValueError("num_tokens and num_bytes must be > 0")
     return loss * num_tokens / (num_bytes * math.log(2))
 
+def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
+    "Deterministic train/val split by characters: the last `val_fraction` of the text is validation (as nanoGPT does)."
+    if not 0 < val_fraction < 1: raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    cut = int(len(text) * (1 - val_fraction))
+    return text[:cut], text[cut:]
+
+# %% ../nbs/04_training.ipynb #93e7b6da
 @dataclass
 class TokenizedCorpus:
     "A corpus split into train/val text, a BPE tokenizer trained on the train split, and both splits as uint16 memmaps."
@@ -256,13 +264,8 @@ class TokenizedCorpus:
     @property
     def train_bytes_per_token(self) -> float: return self.train_bytes / len(self.train)
 
-def split_text(text: str, val_fraction: float = 0.1) -> tuple[str, str]:
-    "Deterministic train/val split by characters: the last `val_fraction` of the text is validation (as nanoGPT does)."
-    if not 0 < val_fraction < 1: raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    cut = int(len(text) * (1 - val_fraction))
-    return text[:cut], text[cut:]
-
 def _read_corpus(corpus: str, max_bytes: int | None = None) -> str:
+    "The text of `corpus`: a text file, or a `cs336_nb.corpora` name; its first `max_bytes` characters if given."
     p = Path(corpus)
     if p.suffix in (".txt", ".text") or p.exists():
         text = p.read_text(encoding="utf-8")
@@ -271,6 +274,20 @@ def _read_corpus(corpus: str, max_bytes: int | None = None) -> str:
         text = load_text(corpus)
     return text[:max_bytes] if max_bytes else text
 
+def _load_tokenized(out_dir: Path, key: dict, special_tokens: Sequence[str]) -> TokenizedCorpus | None:
+    "The corpus cached in `out_dir` by an earlier `prepare_corpus` with the same settings `key`, else None."
+    from cs336_nb.tokenization import Tokenizer
+    meta_path, vocab_path, merges_path = out_dir / "meta.json", out_dir / "vocab.json", out_dir / "merges.txt"
+    if not all(p.exists() for p in (meta_path, vocab_path, merges_path, out_dir / "train.bin", out_dir / "val.bin")):
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta.get("key") != key: return None
+    tokenizer = Tokenizer.from_files(vocab_path, merges_path, list(special_tokens))
+    return TokenizedCorpus(tokenizer, np.memmap(out_dir / "train.bin", dtype=np.uint16, mode="r"),
+                           np.memmap(out_dir / "val.bin", dtype=np.uint16, mode="r"),
+                           meta["train_bytes"], meta["val_bytes"], len(tokenizer.vocab))
+
+# %% ../nbs/04_training.ipynb #70676dc2
 def prepare_corpus(corpus: str, out_dir: str | os.PathLike, vocab_size: int, *, val_fraction: float = 0.1,
                    special_tokens: Sequence[str] = ("<|endoftext|>",), max_bytes: int | None = None,
                    progress: bool = True) -> TokenizedCorpus:
@@ -282,21 +299,15 @@ def prepare_corpus(corpus: str, out_dir: str | os.PathLike, vocab_size: int, *, 
     train_text, val_text = split_text(text, val_fraction)
     key = dict(corpus=str(corpus), chars=len(text), vocab_size=vocab_size, val_fraction=val_fraction,
                special_tokens=list(special_tokens), max_bytes=max_bytes)
-    meta_path, vocab_path, merges_path = out_dir / "meta.json", out_dir / "vocab.json", out_dir / "merges.txt"
-    files = (meta_path, vocab_path, merges_path, out_dir / "train.bin", out_dir / "val.bin")
-    if all(p.exists() for p in files):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key:  # cached by an earlier run with the same settings
-            tokenizer = Tokenizer.from_files(vocab_path, merges_path, list(special_tokens))
-            return TokenizedCorpus(tokenizer, np.memmap(out_dir / "train.bin", dtype=np.uint16, mode="r"),
-                                   np.memmap(out_dir / "val.bin", dtype=np.uint16, mode="r"),
-                                   meta["train_bytes"], meta["val_bytes"], len(tokenizer.vocab))
+    cached = _load_tokenized(out_dir, key, special_tokens)
+    if cached is not None: return cached
+    meta_path = out_dir / "meta.json"
     meta_path.unlink(missing_ok=True)
     for name, t in (("train.txt", train_text), ("val.txt", val_text)):
         (out_dir / name).write_text(t, encoding="utf-8")
     vocab, merges = train_bpe(out_dir / "train.txt", vocab_size, list(special_tokens), progress=progress)
     tokenizer = Tokenizer(vocab, merges, special_tokens=list(special_tokens))
-    tokenizer.save(vocab_path, merges_path)
+    tokenizer.save(out_dir / "vocab.json", out_dir / "merges.txt")
     train_ids = tokenize_to_memmap(tokenizer, out_dir / "train.txt", out_dir / "train.bin", progress=progress)
     val_ids = tokenize_to_memmap(tokenizer, out_dir / "val.txt", out_dir / "val.bin", progress=progress)
     train_bytes, val_bytes = len(train_text.encode("utf-8")), len(val_text.encode("utf-8"))
@@ -399,6 +410,18 @@ def _check_config(cfg) -> None:
         from cs336_nb.core import get_device
         get_device(cfg.device)  # a ValueError naming the device when it is not on this machine
 
+def _check_train_config(cfg) -> None:
+    "The checks of `TrainConfig` beyond types: shapes that fit, a valid MoE block, known schedule and dtype."
+    _check_config(cfg)
+    if cfg.d_model % cfg.num_heads: raise ValueError(f"d_model ({cfg.d_model}) must be divisible by num_heads ({cfg.num_heads})")
+    if cfg.moe is not None:  # the fields of MoEConfig, checked by it (unknown keys are a TypeError)
+        from cs336_nb.model import MoEConfig
+        if not isinstance(cfg.moe, dict): raise TypeError(f"TrainConfig.moe must be a dict of MoEConfig fields or None, got {cfg.moe!r}")
+        MoEConfig(**cfg.moe)
+    if cfg.batch_size < 1 or cfg.max_iters < 1: raise ValueError("batch_size and max_iters must be >= 1")
+    if cfg.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be 'cosine' or 'wsd', got {cfg.schedule!r}")
+    if cfg.dtype not in ("auto", "bfloat16", "float16", "float32"): raise ValueError(f"dtype must be auto/bfloat16/float16/float32, got {cfg.dtype!r}")
+
 # %% ../nbs/04_training.ipynb #3c9ac779
 @dataclass
 class TrainConfig:
@@ -453,41 +476,37 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
 
-    def __post_init__(self):
-        _check_config(self)
-        if self.d_model % self.num_heads: raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        if self.moe is not None:  # the fields of MoEConfig, checked by it (unknown keys are a TypeError)
-            from cs336_nb.model import MoEConfig
-            if not isinstance(self.moe, dict): raise TypeError(f"TrainConfig.moe must be a dict of MoEConfig fields or None, got {self.moe!r}")
-            MoEConfig(**self.moe)
-        if self.batch_size < 1 or self.max_iters < 1: raise ValueError("batch_size and max_iters must be >= 1")
-        if self.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
-        if self.dtype not in ("auto", "bfloat16", "float16", "float32"): raise ValueError(f"dtype must be auto/bfloat16/float16/float32, got {self.dtype!r}")
+    def __post_init__(self): _check_train_config(self)
 
-    @property
-    def ffn_dim(self) -> int: return self.d_ff or 64 * math.ceil(8 * self.d_model / 3 / 64)
+# %% ../nbs/04_training.ipynb #f0b31d62
+@patch(as_prop=True)
+def ffn_dim(self: TrainConfig) -> int:
+    "The FFN width: `d_ff`, or 8/3 d_model rounded up to a multiple of 64 (SwiGLU)."
+    return self.d_ff or 64 * math.ceil(8 * self.d_model / 3 / 64)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad: raise ValueError(f"unknown TrainConfig keys {bad}; known: {sorted(known)}")
-        return cls(**d)
+@patch(cls_method=True)
+def from_dict(cls: TrainConfig, d: dict) -> "TrainConfig":
+    "A `TrainConfig` from a dict of its fields; an unknown key is a ValueError naming the known ones."
+    known = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(d) - known)
+    if bad: raise ValueError(f"unknown TrainConfig keys {bad}; known: {sorted(known)}")
+    return cls(**d)
 
-    @classmethod
-    def from_json(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "TrainConfig":
-        try: d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e: raise ValueError(f"{path} is not a JSON TrainConfig: {e}") from None
-        if not isinstance(d, dict): raise ValueError(f"{path} must hold a JSON object of TrainConfig fields")
-        d.pop("_comment", None)
-        for ov in overrides:
-            if "=" not in ov: raise ValueError(f"override {ov!r} must look like key=value")
-            k, v = ov.split("=", 1)
-            try: d[k.strip()] = json.loads(v)
-            except json.JSONDecodeError: d[k.strip()] = v  # a bare string
-        return cls.from_dict(d)
+@patch(cls_method=True)
+def from_json(cls: TrainConfig, path: str | os.PathLike, overrides: Sequence[str] = ()) -> "TrainConfig":
+    "Read a JSON file of fields, then apply `key=value` overrides (values parsed as JSON, else taken as strings)."
+    try: d = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"{path} is not a JSON TrainConfig: {e}") from None
+    if not isinstance(d, dict): raise ValueError(f"{path} must hold a JSON object of TrainConfig fields")
+    d.pop("_comment", None)
+    for ov in overrides:
+        if "=" not in ov: raise ValueError(f"override {ov!r} must look like key=value")
+        k, v = ov.split("=", 1)
+        try: d[k.strip()] = json.loads(v)
+        except json.JSONDecodeError: d[k.strip()] = v  # a bare string
+    return cls.from_dict(d)
 
-# %% ../nbs/04_training.ipynb #a6a8471c
+# %% ../nbs/04_training.ipynb #06278a5a
 def _flops_per_token(model: torch.nn.Module, context_length: int) -> float:
     "Training FLOPs per token of `model` (forward + backward) from `cs336_nb.accounting`."
     from cs336_nb import accounting
@@ -508,22 +527,57 @@ def build_model(cfg: TrainConfig, vocab_size: int, device: str | torch.device | 
                          cfg.rope_theta, num_kv_heads=cfg.num_kv_heads, tie_embeddings=cfg.tie_embeddings,
                          attn_backend=backend, moe=cfg.moe, device=device)
 
-def train(config: TrainConfig | dict) -> dict:
-    "Train a `TransformerLM` as `config` says; returns the history, final/best validation loss and bits per byte, throughput, the model and tokenizer."
-    from cs336_nb.core import get_device, seed_everything, detect_accelerator, mfu
+# %% ../nbs/04_training.ipynb #f67e753d
+def _empty_history() -> dict[str, list]:
+    "The per-log-interval (`iter` ...) and per-evaluation (`val_` ...) series a run records."
+    return dict(iter=[], train_loss=[], lr=[], grad_norm=[], tokens_per_s=[], time_s=[],
+                val_iter=[], val_loss=[], val_bpb=[], val_time_s=[])
+
+@dataclass
+class _Run:
+    "The state the steps of `train` share: built once by `_start_run`, advanced by the loop."
+    cfg: TrainConfig
+    device: torch.device
+    data: TokenizedCorpus
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: WeightEMA | None             # the averaged weights, when cfg.ema_decay is set
+    amp: torch.dtype | None           # autocast dtype; None: float32, no autocast
+    step_loss: Callable               # (x, y) -> loss: model + loss, compiled on GPU
+    compiled: bool
+    out_dir: Path
+    t_start: float                    # perf_counter when train() started
+    data_time_s: float                # seconds spent preparing the corpus
+    hist: dict = field(default_factory=_empty_history)
+    start_iter: int = 0               # 0, or the step a resumed checkpoint stopped at
+    best_val: float = float("inf")
+    rng: np.random.Generator | None = None  # the batch sampler
+    loop_time: float = 0.0            # training-loop seconds so far (a resumed run continues its count)
+    t_mark: float = 0.0               # perf_counter at the start of the current log interval
+    tok_mark: int = 0                 # tokens trained since t_mark
+
+    @property
+    def ckpt_path(self) -> Path: return self.out_dir / "ckpt.pt"
+    @property
+    def best_path(self) -> Path: return self.out_dir / "best.pt"
+
+    def sync(self) -> None:
+        "Wait for the GPU (before reading a clock or a loss)."
+        if self.device.type == "cuda": torch.cuda.synchronize()
+
+# %% ../nbs/04_training.ipynb #7d3a7807
+def _start_run(cfg: TrainConfig) -> _Run:
+    "Seed, prepare (or load the cached) corpus, build the model, its optimizer and the (compiled) loss of a step."
+    from cs336_nb.core import get_device, seed_everything
     from cs336_nb.optim import AdamW
-    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
-    if not isinstance(cfg, TrainConfig): raise TypeError(f"config must be a TrainConfig or dict, got {type(config).__name__}")
     t_start = time.perf_counter()
     device = get_device(None if cfg.device == "auto" else cfg.device)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     data = prepare_corpus(cfg.corpus, cfg.data_dir or out_dir / "data", cfg.vocab_size, val_fraction=cfg.val_fraction,
                           max_bytes=cfg.max_corpus_bytes, progress=cfg.progress)
-    t_data = time.perf_counter() - t_start
-
+    data_time_s = time.perf_counter() - t_start
     model = build_model(cfg, data.vocab_size, device)
-    backend = model.layers[0].attn.attn_backend
     add_residual_dropout(model, cfg.dropout)
     ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     optimizer = AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
@@ -536,110 +590,143 @@ def train(config: TrainConfig | dict) -> dict:
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = cross_entropy(model(x), y)
             return loss + model.moe_aux_loss() if cfg.moe is not None else loss  # MoE: + the layers' balance losses
-    step_loss = torch.compile(loss_fn) if use_compile else loss_fn
-    n_params = sum(p.numel() for p in model.parameters())
-    flops_per_token = _flops_per_token(model, cfg.context_length)
-    accel = detect_accelerator() if device.type == "cuda" else None
+    return _Run(cfg, device, data, model, optimizer, ema, amp, torch.compile(loss_fn) if use_compile else loss_fn,
+                use_compile, out_dir, t_start, data_time_s, rng=np.random.default_rng(cfg.seed))
 
-    ckpt_path, best_path = out_dir / "ckpt.pt", out_dir / "best.pt"
-    hist = dict(iter=[], train_loss=[], lr=[], grad_norm=[], tokens_per_s=[], time_s=[],
-                val_iter=[], val_loss=[], val_bpb=[], val_time_s=[])
-    start_iter, best_val = 0, float("inf")
-    if cfg.init_checkpoint and not (cfg.resume and ckpt_path.exists()): load_checkpoint(cfg.init_checkpoint, model)
-    if cfg.resume and ckpt_path.exists():
-        start_iter = load_checkpoint(ckpt_path, model, optimizer)
-        extra = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]
-        hist, best_val = extra.get("history", hist), extra.get("best_val", best_val)
-        if ema is not None and extra.get("ema") is not None: ema.load_state_dict(extra["ema"])
-    rng = np.random.default_rng(cfg.seed)  # the batch sampler; its state is checkpointed too
-    if start_iter and "rng_state" in extra:  # and the torch generators (dropout): resuming is exact
-        rng.bit_generator.state = extra["rng_state"]
+def _resume_run(run: _Run) -> None:
+    "Load `init_checkpoint`'s weights, or with `resume` the run's own checkpoint: weights, optimizer, history, generators."
+    cfg, ckpt_path = run.cfg, run.ckpt_path
+    resuming = cfg.resume and ckpt_path.exists()
+    if cfg.init_checkpoint and not resuming: load_checkpoint(cfg.init_checkpoint, run.model)
+    if not resuming: return
+    run.start_iter = load_checkpoint(ckpt_path, run.model, run.optimizer)
+    extra = torch.load(ckpt_path, map_location="cpu", weights_only=True)["extra"]
+    run.hist, run.best_val = extra.get("history", run.hist), extra.get("best_val", run.best_val)
+    if run.ema is not None and extra.get("ema") is not None: run.ema.load_state_dict(extra["ema"])
+    if run.start_iter and "rng_state" in extra:  # the batch sampler and the torch generators (dropout): resuming is exact
+        run.rng.bit_generator.state = extra["rng_state"]
         torch.set_rng_state(extra["torch_rng_state"])
-        if device.type == "cuda" and extra.get("cuda_rng_state") is not None: torch.cuda.set_rng_state(extra["cuda_rng_state"])
+        if run.device.type == "cuda" and extra.get("cuda_rng_state") is not None: torch.cuda.set_rng_state(extra["cuda_rng_state"])
+
+# %% ../nbs/04_training.ipynb #dbba6635
+def _learning_rate(cfg: TrainConfig, it: int) -> float:
+    "The rate of step `it` under `cfg.schedule`: warmup + cosine to `cosine_cycle_iters`, or warmup-stable-decay."
     cycle = cfg.cosine_cycle_iters or cfg.max_iters
     warmup = min(cfg.warmup_iters, cycle)
-    decay = cfg.decay_iters if cfg.decay_iters is not None else cfg.max_iters // 5  # WSD
-    tokens_per_step = cfg.batch_size * cfg.context_length
-    elapsed0 = hist["time_s"][-1] if hist["time_s"] else 0.0
+    if cfg.schedule == "cosine":
+        return get_lr_cosine_schedule(it, cfg.learning_rate, cfg.min_learning_rate, warmup, cycle)
+    decay = cfg.decay_iters if cfg.decay_iters is not None else cfg.max_iters // 5  # WSD: a fifth of the run by default
+    return get_lr_wsd_schedule(it, cfg.learning_rate, cfg.min_learning_rate, min(warmup, cfg.max_iters - decay),
+                               cfg.max_iters, decay)
 
-    def sync():
-        if device.type == "cuda": torch.cuda.synchronize()
+def _train_step(run: _Run, it: int) -> tuple[Tensor, Tensor, float]:
+    "One optimizer step at step `it`; returns the loss and gradient norm (on the device, unread) and the rate."
+    cfg = run.cfg
+    lr = _learning_rate(cfg, it)
+    for g in run.optimizer.param_groups: g["lr"] = lr
+    x, y = get_batch(run.data.train, cfg.batch_size, cfg.context_length, run.device, generator=run.rng)
+    loss = run.step_loss(x, y)
+    loss.backward()
+    grad_norm = gradient_clipping(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None: run.ema.update()
+    run.tok_mark += cfg.batch_size * cfg.context_length
+    return loss, grad_norm, lr
 
-    def run_eval(it: int, loop_time: float) -> float:
-        nonlocal best_val
-        with ema.applied() if ema is not None else contextlib.nullcontext():  # the averaged weights, if kept
-            v = evaluate(model, data.val, cfg.context_length, cfg.batch_size, device, autocast_dtype=amp,
-                         max_batches=cfg.eval_batches)
-            if cfg.keep_best and v < best_val:
-                best_val = v
-                save_checkpoint(model, None, it, best_path, extra=dict(val_loss=v, ema=ema is not None))
-        hist["val_iter"].append(it); hist["val_loss"].append(v); hist["val_time_s"].append(loop_time)
-        hist["val_bpb"].append(v / math.log(2) / data.val_bytes_per_token)
-        return v
+# %% ../nbs/04_training.ipynb #daa276a9
+def _log_step(run: _Run, it: int, loss: Tensor, grad_norm: Tensor, lr: float, pbar) -> None:
+    "Record step `it`'s loss, rate, gradient norm and the interval's tokens/s (one synchronisation)."
+    hist = run.hist
+    run.sync(); now = time.perf_counter()
+    run.loop_time += now - run.t_mark
+    hist["iter"].append(it + 1); hist["train_loss"].append(loss.item()); hist["lr"].append(lr)
+    hist["grad_norm"].append(grad_norm.item()); hist["time_s"].append(run.loop_time)
+    if run.cfg.moe is not None:  # MoE: the auxiliary loss and each layer's expert loads of this step
+        hist.setdefault("moe_aux_loss", []).append(run.model.moe_aux_loss().detach().item())
+        hist.setdefault("expert_load", []).append([l.tolist() for l in run.model.moe_loads()])
+    hist["tokens_per_s"].append(run.tok_mark / (now - run.t_mark))
+    pbar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", lr=f"{lr:.1e}", tok_s=f"{hist['tokens_per_s'][-1]:.3g}")
+    run.t_mark, run.tok_mark = time.perf_counter(), 0
 
-    model.train()
-    loop_time, t_mark, tok_mark = elapsed0, time.perf_counter(), 0
-    pbar = tqdm(range(start_iter, cfg.max_iters), desc="train", disable=not cfg.progress, mininterval=2.0,
-                initial=start_iter, total=cfg.max_iters)
-    it = start_iter
-    for it in pbar:
-        lr = (get_lr_cosine_schedule(it, cfg.learning_rate, cfg.min_learning_rate, warmup, cycle) if cfg.schedule == "cosine" else
-              get_lr_wsd_schedule(it, cfg.learning_rate, cfg.min_learning_rate, min(warmup, cfg.max_iters - decay), cfg.max_iters, decay))
-        for g in optimizer.param_groups: g["lr"] = lr
-        x, y = get_batch(data.train, cfg.batch_size, cfg.context_length, device, generator=rng)
-        loss = step_loss(x, y)
-        loss.backward()
-        gnorm = gradient_clipping(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None: ema.update()
-        tok_mark += tokens_per_step
-        last = it + 1 == cfg.max_iters
-        if (it + 1) % cfg.log_interval == 0 or last or it == start_iter:
-            sync(); now = time.perf_counter()
-            loop_time += now - t_mark
-            hist["iter"].append(it + 1); hist["train_loss"].append(loss.item()); hist["lr"].append(lr)
-            hist["grad_norm"].append(gnorm.item()); hist["time_s"].append(loop_time)
-            if cfg.moe is not None:  # MoE: the auxiliary loss and each layer's expert loads of this step
-                hist.setdefault("moe_aux_loss", []).append(model.moe_aux_loss().detach().item())
-                hist.setdefault("expert_load", []).append([l.tolist() for l in model.moe_loads()])
-            hist["tokens_per_s"].append(tok_mark / (now - t_mark))
-            pbar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", lr=f"{lr:.1e}", tok_s=f"{hist['tokens_per_s'][-1]:.3g}")
-            t_mark, tok_mark = time.perf_counter(), 0
-        out_of_time = cfg.max_time_s is not None and loop_time > cfg.max_time_s
-        if (it + 1) % cfg.eval_interval == 0 or last or out_of_time:
-            sync(); loop_time += time.perf_counter() - t_mark
-            run_eval(it + 1, loop_time)
-            pbar.set_postfix(loss=f"{loss.item():.3f}", val=f"{hist['val_loss'][-1]:.3f}", bpb=f"{hist['val_bpb'][-1]:.3f}")
-            t_mark, tok_mark = time.perf_counter(), 0
-        if (cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0) or last or out_of_time:
-            save_checkpoint(model, optimizer, it + 1, ckpt_path, extra=dict(
-                history=hist, best_val=best_val, config=dataclasses.asdict(cfg), rng_state=rng.bit_generator.state,
-                torch_rng_state=torch.get_rng_state(),
-                cuda_rng_state=torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                ema=ema.state_dict() if ema is not None else None))
-            t_mark = time.perf_counter()
-        if out_of_time: break
-    pbar.close()
-    iters_done = (hist["iter"][-1] if hist["iter"] else start_iter)
+def _eval_step(run: _Run, it: int) -> float:
+    "Validation loss after `it` steps (of the averaged weights, if kept); saves the best checkpoint; records it."
+    cfg, hist = run.cfg, run.hist
+    with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
+        v = evaluate(run.model, run.data.val, cfg.context_length, cfg.batch_size, run.device, autocast_dtype=run.amp,
+                     max_batches=cfg.eval_batches)
+        if cfg.keep_best and v < run.best_val:
+            run.best_val = v
+            save_checkpoint(run.model, None, it, run.best_path, extra=dict(val_loss=v, ema=run.ema is not None))
+    hist["val_iter"].append(it); hist["val_loss"].append(v); hist["val_time_s"].append(run.loop_time)
+    hist["val_bpb"].append(v / math.log(2) / run.data.val_bytes_per_token)
+    return v
+
+def _save_run(run: _Run, it: int) -> None:
+    "A full checkpoint after `it` steps: weights, optimizer, history, best loss, config, moving average, generators."
+    save_checkpoint(run.model, run.optimizer, it, run.ckpt_path, extra=dict(
+        history=run.hist, best_val=run.best_val, config=dataclasses.asdict(run.cfg),
+        rng_state=run.rng.bit_generator.state, torch_rng_state=torch.get_rng_state(),
+        cuda_rng_state=torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
+        ema=run.ema.state_dict() if run.ema is not None else None))
+
+# %% ../nbs/04_training.ipynb #3f4e8689
+def _run_result(run: _Run) -> dict:
+    "The summary of a finished run (also written to `out_dir/result.json`, without the model and tokenizer)."
+    from cs336_nb.core import detect_accelerator, mfu
+    cfg, hist, model = run.cfg, run.hist, run.model
+    flops_per_token = _flops_per_token(model, cfg.context_length)
+    accel = detect_accelerator() if run.device.type == "cuda" else None
     # steady-state throughput: the median over log intervals, leaving out the first (compilation, warm-up)
     tps = hist["tokens_per_s"][2:] or hist["tokens_per_s"]
     tokens_per_s = float(np.median(tps)) if tps else float("nan")
     result = dict(
-        config=dataclasses.asdict(cfg), history=hist, iterations=iters_done, n_params=n_params,
+        config=dataclasses.asdict(cfg), history=hist, iterations=hist["iter"][-1] if hist["iter"] else run.start_iter,
+        n_params=sum(p.numel() for p in model.parameters()),
         final_val_loss=hist["val_loss"][-1], final_val_bpb=hist["val_bpb"][-1],
         best_val_loss=min(hist["val_loss"]), best_val_bpb=min(hist["val_bpb"]),
         best_iter=hist["val_iter"][int(np.argmin(hist["val_loss"]))],
-        val_bytes_per_token=data.val_bytes_per_token, vocab_size=data.vocab_size,
+        val_bytes_per_token=run.data.val_bytes_per_token, vocab_size=run.data.vocab_size,
         tokens_per_s=tokens_per_s, flops_per_token=flops_per_token,
-        mfu=(mfu(flops_per_token * tokens_per_s, 1.0, dtype=amp or torch.float32, accelerator=accel)
+        mfu=(mfu(flops_per_token * tokens_per_s, 1.0, dtype=run.amp or torch.float32, accelerator=accel)
              if accel is not None else None),
-        loop_time_s=loop_time, data_time_s=t_data, total_time_s=time.perf_counter() - t_start,
-        device=str(device), attn_backend=backend, compiled=use_compile, autocast=str(amp),
-        model=model, tokenizer=data.tokenizer, checkpoint=str(ckpt_path), best_checkpoint=str(best_path) if cfg.keep_best else None,
+        loop_time_s=run.loop_time, data_time_s=run.data_time_s, total_time_s=time.perf_counter() - run.t_start,
+        device=str(run.device), attn_backend=model.layers[0].attn.attn_backend, compiled=run.compiled,
+        autocast=str(run.amp), model=model, tokenizer=run.data.tokenizer, checkpoint=str(run.ckpt_path),
+        best_checkpoint=str(run.best_path) if cfg.keep_best else None,
     )
-    (out_dir / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("model", "tokenizer")}, indent=1))
+    (run.out_dir / "result.json").write_text(json.dumps({k: v for k, v in result.items() if k not in ("model", "tokenizer")}, indent=1))
     return result
+
+# %% ../nbs/04_training.ipynb #b5d6fb14
+def train(config: TrainConfig | dict) -> dict:
+    "Train a `TransformerLM` as `config` says; returns the history, final/best validation loss and bits per byte, throughput, the model and tokenizer."
+    cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    if not isinstance(cfg, TrainConfig): raise TypeError(f"config must be a TrainConfig or dict, got {type(config).__name__}")
+    run = _start_run(cfg)
+    _resume_run(run)
+    run.loop_time = run.hist["time_s"][-1] if run.hist["time_s"] else 0.0
+    run.model.train()
+    run.t_mark, run.tok_mark = time.perf_counter(), 0
+    pbar = tqdm(range(run.start_iter, cfg.max_iters), desc="train", disable=not cfg.progress, mininterval=2.0,
+                initial=run.start_iter, total=cfg.max_iters)
+    for it in pbar:
+        loss, grad_norm, lr = _train_step(run, it)
+        last = it + 1 == cfg.max_iters
+        if (it + 1) % cfg.log_interval == 0 or last or it == run.start_iter:
+            _log_step(run, it, loss, grad_norm, lr, pbar)
+        out_of_time = cfg.max_time_s is not None and run.loop_time > cfg.max_time_s
+        if (it + 1) % cfg.eval_interval == 0 or last or out_of_time:
+            run.sync(); run.loop_time += time.perf_counter() - run.t_mark
+            _eval_step(run, it + 1)
+            pbar.set_postfix(loss=f"{loss.item():.3f}", val=f"{run.hist['val_loss'][-1]:.3f}", bpb=f"{run.hist['val_bpb'][-1]:.3f}")
+            run.t_mark, run.tok_mark = time.perf_counter(), 0
+        if (cfg.checkpoint_interval and (it + 1) % cfg.checkpoint_interval == 0) or last or out_of_time:
+            _save_run(run, it + 1)
+            run.t_mark = time.perf_counter()
+        if out_of_time: break
+    pbar.close()
+    return _run_result(run)
 
 # %% ../nbs/04_training.ipynb #6d19f8cd
 def plot_training(result: dict, *, baseline_bpb: float | None = None, baseline_label: str = "baseline", axes=None, label: str | None = None):
