@@ -198,8 +198,10 @@ def test_dropout_hooks_only_in_training():
     ref = m(x).detach()
     hs = add_residual_dropout(m, 0.3)
     assert len(hs) == 1 + 2 * 2
-    m.eval(); assert torch.allclose(m(x), ref, atol=1e-6)
-    m.train(); assert not torch.allclose(m(x), ref, atol=1e-3)
+    m.eval()
+    assert torch.allclose(m(x), ref, atol=1e-6)
+    m.train()
+    assert not torch.allclose(m(x), ref, atol=1e-3)
     with pytest.raises(ValueError): add_residual_dropout(m, 1.0)
     with pytest.raises(TypeError): add_residual_dropout(torch.nn.Linear(2, 2), 0.1)
 
