@@ -11,6 +11,7 @@ import math
 import os
 import re
 import unicodedata
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -18,10 +19,12 @@ import mmh3
 import numpy as np
 
 # %% auto #0
-__all__ = ['MERSENNE_61', 'MAX_HASH_32', 'write_atomic', 'exact_line_dedup', 'BloomFilter', 'bloom_false_positive_rate',
-           'optimal_num_hashes', 'normalize_text', 'word_ngrams', 'shingle_hashes', 'minhash_permutations',
-           'minhash_signatures', 'lsh_collision_probability', 'lsh_candidates', 'pair_with_jaccard',
-           'measured_collision_rates', 'jaccard', 'near_duplicate_clusters', 'minhash_dedup']
+__all__ = ['MERSENNE_61', 'MAX_HASH_32', 'NGRAM_MULTIPLIER', 'MAX_HASH_U32', 'write_atomic', 'exact_line_dedup', 'BloomFilter',
+           'bloom_false_positive_rate', 'optimal_num_hashes', 'normalize_text', 'word_ngrams', 'ngrams_of_words',
+           'shingle_hashes', 'minhash_permutations', 'minhash_signatures', 'fmix64', 'ngram_hashes',
+           'affine_permutations', 'fast_minhash_signatures', 'document_signatures', 'lsh_collision_probability',
+           'lsh_candidates', 'pair_with_jaccard', 'measured_collision_rates', 'jaccard', 'near_duplicate_clusters',
+           'minhash_dedup', 'near_duplicate_corpus']
 
 # %% ../../nbs/11d_dedup.ipynb #792a7d93
 def _check_io(input_files, output_dir) -> tuple[list[Path], Path]:
@@ -131,8 +134,12 @@ def normalize_text(text: str) -> str:
 def word_ngrams(text: str, n: int) -> set[str]:
     "The set of word `n`-grams of normalized `text` (the whole text if it has fewer than `n` words)."
     if n < 1: raise ValueError(f"ngrams must be >= 1, got {n}")
-    w = normalize_text(text).split()
-    return {" ".join(w[i:i + n]) for i in range(max(len(w) - n + 1, 1 if w else 0))}
+    return ngrams_of_words(normalize_text(text).split(), n)
+
+
+def ngrams_of_words(words: Sequence[str], n: int) -> set[str]:
+    "The set of `n`-grams of a word list, each joined by spaces (the whole list if it has fewer than `n` words)."
+    return {" ".join(words[i:i + n]) for i in range(max(len(words) - n + 1, 1 if words else 0))}
 
 
 def shingle_hashes(shingles: Iterable[str], seed: int = 0) -> np.ndarray:
@@ -169,6 +176,71 @@ def minhash_signatures(hashes: Sequence[np.ndarray], perms: tuple[np.ndarray, np
         start = stop
     return sig
 
+# %% ../../nbs/11d_dedup.ipynb #9dffa2df
+NGRAM_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)   # odd multiplier of the n-gram polynomial (2^64 / golden ratio)
+
+
+def fmix64(h: np.ndarray) -> np.ndarray:
+    "MurmurHash3's 64-bit finalizer, an avalanching bijection of uint64 (in place; returns `h`)."
+    for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(mult)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+def ngram_hashes(docs_words: Sequence[Sequence[str]], n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    "(hashes, counts): a 32-bit hash (uint32) of every word `n`-gram of each document, concatenated, and how many each has."
+    if n < 1: raise ValueError(f"ngrams must be >= 1, got {n}")
+    word_hash = np.fromiter(map(mmh3.hash, chain.from_iterable(docs_words), repeat(seed), repeat(False)), np.uint64)
+    tok = np.r_[word_hash, np.zeros(n, np.uint64)]                         # (T + n,) word hashes, zero-padded
+    lens = np.fromiter(map(len, docs_words), np.int64, len(docs_words))    # (D,) words per document
+    counts = np.where(lens >= n, lens - n + 1, np.minimum(lens, 1))        # (D,) a short document is one shingle
+    first = np.repeat(np.cumsum(lens) - lens - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())  # (S,)
+    width = np.minimum(np.repeat(lens, counts), n)                         # (S,) words in each n-gram
+    h = tok[first]                                                         # (S,) uint64
+    for j in range(1, n):                                                  # Horner's rule, wrapping mod 2^64
+        h = np.where(j < width, h * NGRAM_MULTIPLIER + tok[first + j], h)
+    return (fmix64(h) >> np.uint64(32)).astype(np.uint32), counts
+
+# %% ../../nbs/11d_dedup.ipynb #f96576b2
+MAX_HASH_U32 = np.uint32((1 << 32) - 1)
+
+
+def affine_permutations(num_hashes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    "(a, b): `num_hashes` affine bijections x -> a x + b mod 2^32 of 32-bit hashes (uint32, a odd)."
+    a, b = np.random.default_rng(seed).integers(0, 1 << 32, (2, num_hashes), dtype=np.uint64).astype(np.uint32)
+    return a | np.uint32(1), b
+
+
+def fast_minhash_signatures(hashes: np.ndarray, counts: np.ndarray, perms: tuple[np.ndarray, np.ndarray],
+                            chunk_rows: int = 1 << 13) -> np.ndarray:
+    "(num_docs, K) uint32 signatures of `ngram_hashes`' output (an empty document: all MAX_HASH_U32)."
+    a, b = perms
+    sig = np.full((len(counts), len(a)), MAX_HASH_U32, dtype=np.uint32)
+    docs = np.flatnonzero(counts)                                   # documents with at least one shingle
+    ends = np.cumsum(counts)[docs]
+    starts = ends - counts[docs]
+    buf = np.empty((len(a), max(chunk_rows, int(counts.max(initial=0)))), np.uint32)   # (K, rows), reused
+    i = 0
+    while i < len(docs):                                            # whole documents, about chunk_rows shingles
+        j = max(i + 1, int(np.searchsorted(ends, starts[i] + chunk_rows, side="right")))
+        lo, hi = starts[i], ends[j - 1]
+        p = buf[:, :hi - lo]
+        np.multiply(a[:, None], hashes[None, lo:hi], out=p)          # (K, rows) a x mod 2^32
+        np.add(p, b[:, None], out=p)                                 # ... + b mod 2^32
+        sig[docs[i:j]] = np.minimum.reduceat(p, starts[i:j] - lo, axis=1).T
+        i = j
+    return sig
+
+
+def document_signatures(docs_words: Sequence[Sequence[str]], num_hashes: int, ngrams: int, seed: int = 0,
+                        fast: bool = True) -> np.ndarray:
+    "(num_docs, num_hashes) signatures of word lists: the fast path (uint32) or the datasketch-identical one (uint64)."
+    if fast: return fast_minhash_signatures(*ngram_hashes(docs_words, ngrams, seed), affine_permutations(num_hashes, seed))
+    shingles = [ngrams_of_words(w, ngrams) for w in docs_words]
+    return minhash_signatures([shingle_hashes(s, seed) for s in shingles], minhash_permutations(num_hashes, seed))
+
 # %% ../../nbs/11d_dedup.ipynb #dd89e590
 def lsh_collision_probability(s, num_rows: int, num_bands: int):
     "1 - (1 - s^r)^b: the probability that a pair of Jaccard `s` shares at least one of `b` bands of `r` rows."
@@ -182,16 +254,17 @@ def lsh_candidates(signatures: np.ndarray, num_bands: int, seed: int = 0) -> set
     r = k // num_bands
     mult = np.random.default_rng(seed).integers(1, 2**63, (num_bands, r), dtype=np.uint64) | np.uint64(1)
     keys = (signatures.reshape(n, num_bands, r) * mult[None]).sum(axis=2)      # (n, b) wrapping uint64 band keys
-    pairs: set[tuple[int, int]] = set()
+    found = [np.zeros(0, np.int64)]                                             # pair codes i * n + j, i < j
     for j in range(num_bands):
-        order = np.argsort(keys[:, j], kind="stable")
+        order = np.argsort(keys[:, j], kind="stable")                           # (n,) documents by band key
         kj = keys[order, j]
-        starts = np.flatnonzero(np.r_[True, kj[1:] != kj[:-1]])
-        ends = np.r_[starts[1:], n]
-        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-            docs = np.sort(order[s:e])
-            pairs.update((int(docs[x]), int(docs[y])) for x in range(len(docs)) for y in range(x + 1, len(docs)))
-    return pairs
+        for d in range(1, n):          # pairs d apart in key order; none at d means no run of equal keys is longer
+            same = np.flatnonzero(kj[d:] == kj[:-d])
+            if not len(same): break
+            x, y = order[same], order[same + d]
+            found.append(np.minimum(x, y) * n + np.maximum(x, y))
+    codes = np.unique(np.concatenate(found))
+    return set(zip((codes // n).tolist(), (codes % n).tolist()))
 
 # %% ../../nbs/11d_dedup.ipynb #77166fbd
 def pair_with_jaccard(size: int, jaccard: float, tag: str) -> tuple[set[str], set[str]]:
@@ -202,12 +275,12 @@ def pair_with_jaccard(size: int, jaccard: float, tag: str) -> tuple[set[str], se
 
 
 def measured_collision_rates(jaccards: Sequence[float], num_hashes: int, num_bands: int, pairs: int = 300,
-                             size: int = 100, seed: int = 0) -> np.ndarray:
-    "Fraction of synthetic pairs of each Jaccard that LSH makes candidates."
-    perms, out = minhash_permutations(num_hashes, seed), []
+                             size: int = 100, seed: int = 0, fast: bool = False) -> np.ndarray:
+    "Fraction of synthetic pairs of each Jaccard that LSH makes candidates (signatures by `document_signatures`)."
+    out = []
     for s in jaccards:
-        sets = [x for p in range(pairs) for x in pair_with_jaccard(size, s, f"{s}-{p}")]
-        sig = minhash_signatures([shingle_hashes(x) for x in sets], perms)
+        sets = [sorted(x) for p in range(pairs) for x in pair_with_jaccard(size, s, f"{s}-{p}")]
+        sig = document_signatures(sets, num_hashes, ngrams=1, seed=seed, fast=fast)     # unigrams: the sets themselves
         cand = lsh_candidates(sig, num_bands)
         out.append(np.mean([(2 * p, 2 * p + 1) in cand for p in range(pairs)]))
     return np.array(out)
@@ -231,14 +304,15 @@ def jaccard(a: set, b: set) -> float:
 
 # %% ../../nbs/11d_dedup.ipynb #5d9b7ad4
 def near_duplicate_clusters(texts: Sequence[str], num_hashes: int = 128, num_bands: int = 16, ngrams: int = 5,
-                            jaccard_threshold: float = 0.8, seed: int = 0) -> list[int]:
+                            jaccard_threshold: float = 0.8, seed: int = 0, fast: bool = True) -> list[int]:
     "Cluster id (the index of its kept document) of each text: MinHash + LSH candidates verified by true Jaccard."
     if not isinstance(num_hashes, int) or num_hashes < 1: raise ValueError(f"num_hashes must be a positive int, got {num_hashes!r}")
     if not isinstance(num_bands, int) or num_bands < 1 or num_hashes % num_bands:
         raise ValueError(f"num_hashes={num_hashes} must be divisible by num_bands={num_bands}")
     if not 0 < jaccard_threshold <= 1: raise ValueError(f"jaccard_threshold must be in (0, 1], got {jaccard_threshold}")
-    shingles = [word_ngrams(t, ngrams) for t in texts]
-    sig = minhash_signatures([shingle_hashes(s, seed) for s in shingles], minhash_permutations(num_hashes, seed))
+    words = [normalize_text(t).split() for t in texts]
+    shingles = [ngrams_of_words(w, ngrams) for w in words]
+    sig = document_signatures(words, num_hashes, ngrams, seed, fast)          # fast=False: datasketch's signatures
     cand = lsh_candidates(sig, num_bands, seed)
     return _clusters(len(texts), [(i, j) for i, j in cand if jaccard(shingles[i], shingles[j]) >= jaccard_threshold])
 
@@ -254,3 +328,17 @@ def minhash_dedup(input_files: Sequence[str | os.PathLike], num_hashes: int, num
     for i, f in enumerate(files):
         if roots[i] == i: write_atomic(out / f.name, raw[i])
     return dict(documents=len(files), kept=sum(r == i for i, r in enumerate(roots)), clusters=len(set(roots)))
+
+# %% ../../nbs/11d_dedup.ipynb #4dcd29d5
+def near_duplicate_corpus(families: int, variants: int, words: int, edit: float, vocab_size: int = 20_000,
+                          seed: int = 0) -> tuple[list[str], list[int]]:
+    "`families` random documents of `words` words, each with `variants` copies with a fraction `edit` of words replaced; and each document's family."
+    rng = np.random.default_rng(seed)
+    docs, family = [], []
+    for f in range(families):
+        base = rng.integers(0, vocab_size, words)                               # (words,) word ids
+        for v in range(variants + 1):
+            w = base if v == 0 else np.where(rng.random(words) < edit, rng.integers(0, vocab_size, words), base)
+            docs.append(" ".join(f"w{i}" for i in w))
+            family.append(f)
+    return docs, family
