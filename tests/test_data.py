@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from cs336_nb.data import (BloomFilter, QualityClassifier, Stage, bloom_false_positive_rate, c4_filter, classify_quality,
-                           decode_html, default_stages, exact_line_dedup, extract_text, fail_on, gopher_quality_filter,
+from cs336_nb.data import (BloomFilter, QualityClassifier, Stage, affine_permutations, bloom_false_positive_rate, c4_filter,
+                           classify_quality, decode_html, default_stages, document_signatures, exact_line_dedup,
+                           extract_text, fail_on, fast_minhash_signatures, gopher_quality_filter, near_duplicate_clusters,
+                           near_duplicate_corpus, ngram_hashes, ngrams_of_words,
                            gopher_rules, identify_language, iter_warc, jaccard, lsh_candidates, lsh_collision_probability,
                            mask_emails, mask_ips, mask_phone_numbers, measured_collision_rates, minhash_dedup,
                            minhash_permutations, minhash_signatures, naive_strip_tags, normalize_text, pareto_keep,
@@ -162,11 +164,53 @@ def test_signatures_match_datasketch():
         assert np.array_equal(m.hashvalues, sig)
 
 
-def test_lsh_matches_s_curve():
+@pytest.mark.parametrize("fast", [False, True])
+def test_lsh_matches_s_curve(fast):
     jac = np.array([0.2, 0.5, 0.8])
-    rates = measured_collision_rates(jac, 60, 12, pairs=150)
-    assert np.abs(rates - lsh_collision_probability(jac, 5, 12)).max() < 0.12
+    pairs = 150
+    rates = measured_collision_rates(jac, 60, 12, pairs=pairs, fast=fast)
+    assert np.abs(rates - lsh_collision_probability(jac, 5, 12)).max() < 4 * math.sqrt(0.25 / pairs)   # 4 std errors
     with pytest.raises(ValueError, match="divisible"): lsh_candidates(np.zeros((3, 10), np.uint64), 4)
+
+
+def test_lsh_candidates_exact():
+    sig = np.array([[1, 2, 3, 4], [1, 2, 9, 9], [1, 2, 3, 4], [7, 7, 7, 7], [5, 5, 3, 4]], np.uint64)
+    assert lsh_candidates(sig, 2) == {(0, 1), (0, 2), (1, 2), (0, 4), (2, 4)}      # band (1, 2) and band (3, 4)
+    assert lsh_candidates(sig.astype(np.uint32), 2) == lsh_candidates(sig, 2)
+
+
+def test_ngram_hashes_follow_the_shingle_sets():
+    docs = [list("abcdef"), [], ["x", "y"], list("abcdefg"), list("abab") * 3]
+    hashes, counts = ngram_hashes(docs, 5)
+    assert counts.tolist() == [max(len(w) - 4, min(len(w), 1)) for w in docs]
+    assert hashes.dtype == np.uint32
+    assert np.array_equal(hashes[:2], hashes[3:5])                            # equal n-grams, equal hashes
+    assert len(set(hashes.tolist())) == len(set().union(*(ngrams_of_words(w, 5) for w in docs)))
+    assert not np.array_equal(ngram_hashes(docs, 5, seed=1)[0], hashes)
+    with pytest.raises(ValueError, match=">= 1"): ngram_hashes(docs, 0)
+
+
+def test_fast_signatures_estimate_jaccard_and_ignore_chunking():
+    a, b = [f"w{i}" for i in range(0, 300)], [f"w{i}" for i in range(100, 400)]          # J = 200 / 400
+    sig = document_signatures([a, [], b], 256, ngrams=1)
+    assert abs((sig[0] == sig[2]).mean() - 0.5) < 4 * math.sqrt(0.25 / 256)
+    assert (sig[1] == np.iinfo(np.uint32).max).all()
+    h, c = ngram_hashes([a, [], b], 1)
+    assert np.array_equal(fast_minhash_signatures(h, c, affine_permutations(256), chunk_rows=5), sig)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_recall_on_known_duplicates(fast):
+    docs, family = near_duplicate_corpus(60, 3, 120, edit=0.02, seed=2)
+    sh = [word_ngrams(d, 5) for d in docs]
+    truth = {(i, j) for i in range(len(docs)) for j in range(i + 1, len(docs))
+             if family[i] == family[j] and jaccard(sh[i], sh[j]) >= 0.7}
+    cand = lsh_candidates(document_signatures([d.split() for d in docs], 128, 5, fast=fast), 16)
+    expected = lsh_collision_probability([jaccard(sh[i], sh[j]) for i, j in truth], 8, 16).mean()
+    assert abs(len(cand & truth) / len(truth) - expected) < 4 * math.sqrt(0.25 / len(truth))
+    roots = near_duplicate_clusters(docs, 128, 16, 5, 0.7, fast=fast)
+    assert all(roots[i] == roots[j] for i, j in truth & cand)                   # verified pairs are merged
+    assert all(family[r] == family[i] for i, r in enumerate(roots))             # families are never merged
 
 
 @pytest.mark.parametrize("k", [1, 3, 7])
