@@ -40,11 +40,14 @@ from cs336_nb.data import (affine_permutations, fast_minhash_signatures, jaccard
                            ngram_hashes, ngrams_of_words, normalize_text, page_to_html, run_pipeline, shingle_hashes,
                            write_warc)
 
-#: Assumed size of one Common Crawl dump: uncompressed WARC content. Common Crawl's announcement of CC-MAIN-2024-10
-#: (Feb/Mar 2024): "3.16 billion web pages or 424.7 TiB of uncompressed content". Recent dumps are 350-460 TiB.
-DUMP_TIB = 424.7
-DUMP_SOURCE = ("uncompressed content: the size Common Crawl's announcement of CC-MAIN-2024-10 gives "
-               "as we recall it (not re-checked: no network here; pass your dump's size to `--dump-tib`)")
+#: Size of one Common Crawl dump, uncompressed WARC content: CC-MAIN-2024-51 (December 2024), "2.64 billion web pages
+#: (or 394 TiB of uncompressed content)", Common Crawl's announcement at
+#: https://blog.commoncrawl.org/blog/december-2024-crawl-archive-now-available (other 2024 dumps: May, CC-MAIN-2024-22,
+#: 377 TiB, https://www.commoncrawl.org/blog/may-2024-crawl-archive-now-available).
+DUMP_TIB = 394.0
+DUMP_SOURCE = ("uncompressed content of CC-MAIN-2024-51, December 2024, 2.64 billion pages, from Common Crawl's announcement "
+               "https://blog.commoncrawl.org/blog/december-2024-crawl-archive-now-available; pass another dump's size to "
+               "`--dump-tib`")
 
 
 # ---------------------------------------------------------------- 1. MinHash + LSH
@@ -230,13 +233,16 @@ def md_classifier(r: dict | None) -> str:
 def md_pipeline(r: dict) -> str:
     lines = [f"Pipeline (default stages: read WARC + resiliparse, language, gopher, c4, pii, quality) on {r['cpus']} CPUs "
              f"({r['cpu']}); shards of {r['shard_mb']:.2f} MB uncompressed WARC built from {r['pages']}; "
-             "4 shards per worker (weak scaling); wall time includes starting the worker processes.\n",
+             f"{r['rows'][0]['shards'] // r['rows'][0]['workers']} shards per worker (weak scaling); wall time includes "
+             "starting the worker processes.\n",
              "| workers | shards | input MB | seconds | MB/s | speed-up vs 1 |", "|---:|---:|---:|---:|---:|---:|"]
     base = r["rows"][0]["mb_per_s"]
     for x in r["rows"]:
         lines.append(f"| {x['workers']} | {x['shards']} | {x['input_mb']:.1f} | {x['seconds']:.2f} | {x['mb_per_s']:.2f} | "
                      f"{x['mb_per_s'] / base:.2f} |")
-    lines.append(f"\nOne Common Crawl dump ({r.get('dump_tib', DUMP_TIB)} TiB; {DUMP_SOURCE}) at the best rate, {r['best_mb_per_s']:.2f} MB/s with "
+    tib = r.get("dump_tib", DUMP_TIB)
+    source = DUMP_SOURCE if tib == DUMP_TIB else "a size given with --dump-tib, unverified here"
+    lines.append(f"\nOne Common Crawl dump ({tib} TiB; {source}) at the best rate, {r['best_mb_per_s']:.2f} MB/s with "
                  f"{r['best_workers']} workers: **{r['dump_machine_hours']:,.0f} machine-hours** on this machine "
                  f"({r['dump_core_hours']:,.0f} worker-hours).\n")
     return "\n".join(lines)
