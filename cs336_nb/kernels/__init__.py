@@ -1,4 +1,4 @@
-"""How a GPU runs your code, how to time and profile it honestly, and why matrix shapes matter; then, in parts 2-6, the kernels that matter for a Transformer written in Triton (GeLU, softmax, a fused RMSNorm, FlashAttention-2), checked against PyTorch and measured on an H100.
+"""How a GPU runs your code, how to time and profile it honestly, and why matrix shapes matter; then, in the parts that follow, the kernels that matter for a Transformer written in Triton (GeLU, softmax, a fused RMSNorm, FlashAttention-2, a tiled matmul), checked against PyTorch and measured on an H100.
 
 Docs: https://cs336-nb.github.io/cs336-nb/kernels.html.md"""
 
@@ -8,10 +8,12 @@ Docs: https://cs336-nb.github.io/cs336-nb/kernels.html.md"""
 __all__ = ['time_fn', 'measure_copy_bandwidth', 'measure_matmul_flops', 'roofline', 'plot_roofline', 'matmul_tile_efficiency',
            'TritonUnavailable', 'interpret_triton_without_gpu', 'triton_available', 'triton_interpreting',
            'GELU_CUDA_SOURCE', 'gelu_cuda', 'gelu_eager', 'gelu_torch', 'gelu_triton', 'softmax_eager',
-           'softmax_triton', 'RMSNORM_BWD_CONFIG', 'RMSNORM_MAX_DIM', 'RMSNormTritonFunction', 'TritonRMSNorm',
-           'rmsnorm_eager', 'rmsnorm_triton', 'FLASH_CONFIGS', 'FlashAttention2PyTorch', 'FlashAttention2Triton',
-           'attention_reference', 'flash_config', 'register_attention_backends', 'attention_flops', 'attention_impls',
-           'bench_attention', 'bench_memory_bound']
+           'softmax_memory_traffic', 'softmax_triton', 'RMSNORM_BWD_CONFIG', 'RMSNORM_MAX_DIM', 'RMSNormTritonFunction',
+           'TritonRMSNorm', 'rmsnorm_eager', 'rmsnorm_triton', 'FLASH_CONFIGS', 'FlashAttention2PyTorch',
+           'FlashAttention2Triton', 'attention_reference', 'flash_attention_triton', 'flash_config',
+           'register_attention_backends', 'attention_flops', 'attention_impls', 'bench_attention', 'bench_memory_bound',
+           'MATMUL_CONFIG', 'MATMUL_INTERPRET_CONFIG', 'grouped_tile', 'matmul_triton', 'row_major_tile',
+           'tiles_loaded_per_wave']
 
 # %% ../../nbs/06_kernels.ipynb #634aaa60
 from ._triton import (TritonUnavailable, _import_triton, interpret_triton_without_gpu, triton_available,
@@ -19,18 +21,17 @@ from ._triton import (TritonUnavailable, _import_triton, interpret_triton_withou
 
 # %% ../../nbs/06_kernels.ipynb #fda70c63
 from .ceilings import *
-from .elementwise import GELU_CUDA_SOURCE, gelu_cuda, gelu_eager, gelu_torch, gelu_triton
-from .elementwise import softmax_eager, softmax_triton
-from .rmsnorm import RMSNORM_BWD_CONFIG, RMSNORM_MAX_DIM, RMSNormTritonFunction, TritonRMSNorm
-from .rmsnorm import rmsnorm_eager, rmsnorm_triton
-from .flash_attention import FlashAttention2PyTorch, FlashAttention2Triton, attention_reference
-from .flash_attention import FLASH_CONFIGS, flash_config, register_attention_backends
-from .measurements import attention_flops, attention_impls, bench_attention, bench_memory_bound
+from .elementwise import *
+from .rmsnorm import *
+from .flash_attention import *
+from .measurements import *
+from .matmul import *
 
 _all_ = ["time_fn", "measure_copy_bandwidth", "measure_matmul_flops", "roofline", "plot_roofline",
          "matmul_tile_efficiency", "TritonUnavailable", "interpret_triton_without_gpu", "triton_available", "triton_interpreting",
-         "GELU_CUDA_SOURCE", "gelu_cuda", "gelu_eager", "gelu_torch", "gelu_triton", "softmax_eager", "softmax_triton",
-         "RMSNORM_BWD_CONFIG", "RMSNORM_MAX_DIM", "RMSNormTritonFunction", "TritonRMSNorm", "rmsnorm_eager",
+         "GELU_CUDA_SOURCE", "gelu_cuda", "gelu_eager", "gelu_torch", "gelu_triton", "softmax_eager", "softmax_memory_traffic",
+         "softmax_triton", "RMSNORM_BWD_CONFIG", "RMSNORM_MAX_DIM", "RMSNormTritonFunction", "TritonRMSNorm", "rmsnorm_eager",
          "rmsnorm_triton", "FLASH_CONFIGS", "FlashAttention2PyTorch", "FlashAttention2Triton", "attention_reference",
-         "flash_config", "register_attention_backends", "attention_flops", "attention_impls", "bench_attention",
-         "bench_memory_bound"]
+         "flash_attention_triton", "flash_config", "register_attention_backends", "attention_flops", "attention_impls",
+         "bench_attention", "bench_memory_bound", "MATMUL_CONFIG", "MATMUL_INTERPRET_CONFIG", "grouped_tile", "matmul_triton",
+         "row_major_tile", "tiles_loaded_per_wave"]
