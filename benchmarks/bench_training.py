@@ -8,8 +8,15 @@ embeddings, vocabulary 50257 padded to 50304), context 1024.
     python benchmarks/bench_training.py                 # on a GPU: print the table
     python benchmarks/bench_training.py --write-results # ... and write it into benchmarks/RESULTS.md
     python benchmarks/bench_training.py --small         # a tiny CPU smoke run (what the tests run)
+    python benchmarks/bench_training.py --ablation --write-results --json abl.json   # issue 16: our fused parts
+    python benchmarks/bench_training.py --ablation --tiny                            # ... the same code on a CPU
 
 All variants run at batch 16; ours and the reference also at batch 64, llm.c's setting for this model.
+`--ablation` measures, in one process, today's compiled step (the baseline) and each of our faster parts alone and all
+together: FlashAttention-2 in Triton (`attn_backend="flash_triton"`), the fused Triton RMSNorm (every `RMSNorm` module
+swapped for `kernels.rmsnorm.TritonRMSNorm`: the model has no norm-backend switch), the fused linear + cross-entropy
+(`kernels.fused_cross_entropy.lm_loss`), and the optimizer (our `AdamW` with `foreach=False` against its default
+`foreach=True`, and `torch.optim.AdamW(fused=True)` as a reference row).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
@@ -35,8 +43,10 @@ from cs336_nb.core import benchmark, describe_device, detect_accelerator, fmt_by
 from cs336_nb.model import ModelConfig, TransformerLM  # noqa: E402
 from cs336_nb.optim import AdamW  # noqa: E402
 from cs336_nb.training import cross_entropy, gradient_clipping  # noqa: E402
+from cs336_nb.kernels.fused_cross_entropy import linear_cross_entropy_memory, lm_loss  # noqa: E402
 
 SECTION = "## Training throughput and memory (Lectures 2–4)"
+ABLATION_BLOCK = "bench_training.py:ablation"  # its own RESULTS.md block, beside the main table's
 
 
 # ---------------------------------------------------------------- the reference: the same model from torch.nn modules
@@ -92,7 +102,7 @@ class RefLM(nn.Module):
 
 # ---------------------------------------------------------------- one measured configuration
 def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size: int, seq_len: int, device, *,
-            ours_loss: bool = True, compile: bool = True, reps: int = 20, warmup: int = 5) -> dict:
+            ours_loss: bool = True, compile: bool = True, reps: int = 20, warmup: int = 5, fused_loss: bool = False) -> dict:
     amp = device.type == "cuda"
     params = list(model.parameters())
     g = torch.Generator(device=device).manual_seed(0)
@@ -101,6 +111,7 @@ def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size
 
     def loss_fn(x, y):  # model + loss compiled as one graph, for both implementations
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if fused_loss: return lm_loss(model, x, y)              # never the full logits
             logits = model(x)
             if ours_loss: return cross_entropy(logits, y)
             return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -220,10 +231,141 @@ def to_markdown(res: dict) -> str:
 
 
 
+# ---------------------------------------------------------------- issue 16 ablation: our fused parts, alone and together
+# name -> (attention backend, Triton RMSNorm, fused linear + cross-entropy, optimizer); the baseline is today's step
+ABLATION = {
+    "baseline": ("sdpa", False, False, "ours-foreach"),
+    "+ flash_triton": ("flash_triton", False, False, "ours-foreach"),
+    "+ triton RMSNorm": ("sdpa", True, False, "ours-foreach"),
+    "+ fused linear+CE": ("sdpa", False, True, "ours-foreach"),
+    "AdamW foreach=False": ("sdpa", False, False, "ours-loop"),
+    "torch AdamW(fused) (reference)": ("sdpa", False, False, "torch-fused"),
+    "all ours": ("flash_triton", True, True, "ours-foreach"),
+    "all ours + torch AdamW(fused)": ("flash_triton", True, True, "torch-fused"),
+}
+ABLATION_LARGER_BATCH = ("baseline", "all ours", "all ours + torch AdamW(fused)")  # rows repeated at the larger batches
 
-def write_results(md: str, path: Path = RESULTS) -> None:
+
+def use_triton_rmsnorm(model: nn.Module) -> int:
+    "Swap every `cs336_nb.model.RMSNorm` in `model` for a `TritonRMSNorm` with the same weight; returns how many."
+    from cs336_nb.kernels.rmsnorm import TritonRMSNorm
+    from cs336_nb.model import RMSNorm
+    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if type(child) is RMSNorm]
+    for parent, name, child in swaps: setattr(parent, name, TritonRMSNorm.from_module(child))
+    return len(swaps)
+
+
+def make_optimizer(kind: str, params, device):
+    "Our AdamW (foreach or per-parameter loop) or torch's fused AdamW, the hyperparameters of every row."
+    kw = dict(lr=3e-4, weight_decay=0.1)
+    if kind == "torch-fused": return torch.optim.AdamW(params, fused=device.type == "cuda", **kw)
+    if kind in ("ours-foreach", "ours-loop"): return AdamW(params, foreach=kind == "ours-foreach", **kw)
+    raise ValueError(f"optimizer kind must be 'ours-foreach', 'ours-loop' or 'torch-fused', got {kind!r}")
+
+
+def predicted_memory_ablation(cfg: ModelConfig, batch_size: int, seq_len: int, *, attn_backend: str, fused_loss: bool,
+                              compiled: bool) -> float:
+    """`accounting.training_memory`'s peak; with the fused loss, the head's saved bf16 input, logits and bf16 weight copy
+    are replaced by the two gradients the fused forward saves (`linear_cross_entropy_memory`)."""
+    acc_backend = "flash" if attn_backend == "flash_triton" else attn_backend
+    kw = {} if compiled else dict(compute_dtype=torch.float32, device_type="cpu")
+    m = accounting.training_memory(cfg, batch_size, seq_len, attn_backend=acc_backend, compiled=compiled, **kw)
+    if not fused_loss: return m["peak"]
+    N, V, d = batch_size * seq_len, cfg.vocab_size, cfg.d_model
+    a = 2 if compiled else 4
+    if compiled: held = N * (a * d + a * V) + V * d * a   # head input and logits (bf16), the head weight's bf16 copy
+    else: held = N * (a * d + 4 * V + 8) + N * V * 8    # eager float32: head input, log-probs, ids; the loss gradients
+    saved = linear_cross_entropy_memory(N, V, d, compute_dtype=torch.bfloat16 if compiled else torch.float32)["saved"]
+    return max(m["peak_at_backward"] - held + saved, m["peak_at_optimizer"])
+
+
+def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny: bool = False,
+                 batch_sizes: tuple[int, ...] = (64,), variants=None) -> dict:
+    """Every `ABLATION` row at `batch_size`, then the `ABLATION_LARGER_BATCH` rows at each of `batch_sizes`, in this
+    process on one device. `tiny`: a small model on the CPU, uncompiled, Triton kernels in the interpreter."""
+    from cs336_nb.kernels._triton import interpret_triton_without_gpu
+    interpret_triton_without_gpu()  # no GPU: the Triton kernels run in the interpreter (before triton is imported)
+    device = torch.device("cuda" if torch.cuda.is_available() and not tiny else "cpu")
+    if tiny:
+        cfg = ModelConfig.tiny(vocab_size=512, context_length=32, d_model=64, num_layers=2, d_ff=128, tie_embeddings=True)
+        batch_size, seq_len, reps, batch_sizes = 2, 32, 1, tuple(min(b, 4) for b in batch_sizes[:1])
+    else:
+        cfg = ModelConfig.gpt2_small(vocab_size=50304, context_length=seq_len)
+    compile = device.type == "cuda"
+    variants = list(variants or ABLATION)
+    plan = [(v, batch_size) for v in variants] + [(v, b) for b in batch_sizes if b != batch_size
+                                                  for v in ABLATION_LARGER_BATCH if v in variants]
+    rows = []
+    for v, bs in tqdm(plan, desc="ablation", disable=not compile):
+        attn, triton_norm, fused, opt_kind = ABLATION[v]
+        torch.manual_seed(0)
+        base = 0
+        if device.type == "cuda":
+            torch.cuda.synchronize(); torch.cuda.empty_cache(); base = torch.cuda.memory_allocated()
+        model = TransformerLM.from_config(cfg.replace(attn_backend=attn), device=device)
+        if triton_norm: use_triton_rmsnorm(model)
+        opt = make_optimizer(opt_kind, model.parameters(), device)
+        r = measure(v, model, opt, cfg, bs, seq_len, device, compile=compile, reps=reps,
+                    warmup=1 if tiny else 3, fused_loss=fused)
+        if r["peak_memory"] is not None: r["peak_memory"] -= base
+        r.update(batch_size=bs, attn_backend=attn, triton_rmsnorm=triton_norm, fused_loss=fused, optimizer=opt_kind,
+                 predicted_memory=predicted_memory_ablation(cfg, bs, seq_len, attn_backend=attn, fused_loss=fused,
+                                                            compiled=compile))
+        rows.append(r)
+        print(f"{v} (batch {bs}): {r['step_ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
+              f"compile+first step {r['compile_s']:.0f} s", flush=True)
+        del model, opt
+    for r in rows:
+        base_row = next((q for q in rows if q["name"] == "baseline" and q["batch_size"] == r["batch_size"]), None)
+        r["vs_baseline"] = r["tokens_per_s"] / base_row["tokens_per_s"] if base_row else None
+    return dict(device=describe_device(device), batch_size=batch_size, seq_len=seq_len, config=cfg.to_dict(),
+                flops_per_token=flops_per_token(cfg, seq_len), rows=rows, tiny=tiny)
+
+
+def mfu_cell(r: dict) -> str:
+    "MFU as a percentage, blank where there is none (CPU)."
+    return "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+
+
+def ablation_markdown(res: dict) -> str:
+    "The ablation table (one row per variant and batch) and the issue-16 targets, met or missed by how much."
+    shape = "a tiny model (CPU smoke run, uncompiled, Triton interpreter)" if res.get("tiny") else "GPT-2-small shape"
+    head = (f"Machine: {res['device']}. {shape} (vocab {res['config']['vocab_size']}, tied embeddings), context "
+            f"{res['seq_len']}, {'float32, eager' if res.get('tiny') else 'bf16 autocast, torch.compile'}; one step = forward + "
+            f"cross-entropy + backward + clipping + optimizer. FLOPs/token from `accounting`: {res['flops_per_token'] / 1e6:.0f} M. "
+            f"Command: `python benchmarks/bench_training.py --ablation --write-results`.\n\n")
+    lines = ["| variant | batch | attention | RMSNorm | loss | optimizer | ms/step | tokens/s | MFU | vs baseline | peak memory | predicted | pred/measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        pm, pred = r["peak_memory"], r["predicted_memory"]
+        lines.append(f"| {r['name']} | {r['batch_size']} | {r['attn_backend']} | {'Triton' if r['triton_rmsnorm'] else 'model'} | "
+                     f"{'fused' if r['fused_loss'] else 'logits + CE'} | {r['optimizer']} | {r['step_ms']:.1f} | "
+                     f"{r['tokens_per_s']:,.0f} | {mfu_cell(r)} | "
+                     f"{r['vs_baseline']:.2f}x | {'' if pm is None else fmt_bytes(pm)} | {fmt_bytes(pred)} | "
+                     f"{'' if pm is None else f'{pred / pm:.2f}'} |")
+    return head + "\n".join(lines) + "\n\n" + "\n".join(ablation_targets(res)) + "\n"
+
+
+def ablation_targets(res: dict) -> list[str]:
+    "One line per issue-16 target: MFU >= 50% for 'all ours' at the first batch; peak memory within 10% on every row."
+    if res.get("tiny"): return ["Targets are checked on the GPU run only (no MFU or peak memory on a CPU)."]
+    out = []
+    for r in res["rows"]:
+        if r["name"] == "all ours":
+            gap = 0.5 - r["mfu"]
+            out.append(f"MFU >= 50% (all ours, batch {r['batch_size']}): {100 * r['mfu']:.1f}%, "
+                       + ("met." if gap <= 0 else f"MISSED by {100 * gap:.1f} points ({r['mfu'] / 0.5:.2f}x the target)."))
+    bad = [r for r in res["rows"] if abs(r["predicted_memory"] / r["peak_memory"] - 1) > 0.1]
+    out.append("Peak memory predicted within 10% on every row: " + ("met." if not bad else "MISSED on " + ", ".join(
+        f"{r['name']} (batch {r['batch_size']}: {r['predicted_memory'] / r['peak_memory']:.2f})" for r in bad) + "."))
+    return out
+
+
+
+def write_results(md: str, path: Path = RESULTS, block: str = "bench_training.py") -> None:
     "Put `md` in our block of RESULTS.md (under our section the first time); other scripts' rows stay."
-    write_block("bench_training.py", md, SECTION, path)
+    write_block(block, md, SECTION, path)
 
 
 def main(argv=None) -> int:
@@ -234,16 +376,20 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--small", action="store_true", help="tiny model on CPU: a smoke run")
+    p.add_argument("--ablation", action="store_true", help="issue 16: baseline and each fused part alone and together")
+    p.add_argument("--tiny", action="store_true", help="with --ablation: a small model on the CPU, in seconds")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
     p.add_argument("--from-json", type=str, default=None, help="format results saved earlier instead of measuring")
     p.add_argument("--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     if a.from_json: res = json.loads(Path(a.from_json).read_text())
+    elif a.ablation: res = run_ablation(a.batch_size, a.seq_len, a.reps, tiny=a.tiny, batch_sizes=tuple(a.batch_sizes))
     else: res = run_all(a.batch_size, a.seq_len, a.reps, small=a.small, batch_sizes=tuple(a.batch_sizes))
     if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
-    md = to_markdown(res)
+    ablation = "vs_baseline" in res["rows"][0]
+    md = ablation_markdown(res) if ablation else to_markdown(res)
     print(md)
-    if a.write_results: write_results(md)
+    if a.write_results: write_results(md, block=ABLATION_BLOCK if ablation else "bench_training.py")
     return 0
 
 
