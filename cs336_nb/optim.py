@@ -11,6 +11,7 @@ import math
 from typing import Callable, Iterable
 
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 
 # %% auto #0
@@ -110,27 +111,32 @@ class AdamW(torch.optim.Optimizer):
                 for p in params: self._single_update(p, lr, b1, b2, eps, wd)
         return loss
 
-    def _single_update(self, p: Tensor, lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
-        state = self.state[p]
-        t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
-        p.mul_(1 - lr * wd)                               # decoupled weight decay
-        m.lerp_(g, 1 - b1)                                # m = b1 m + (1-b1) g
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)           # v = b2 v + (1-b2) g^2
-        denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
-        p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+# %% ../nbs/02a_optimizers.ipynb #f9cf74fa
+@patch
+def _single_update(self: AdamW, p: Tensor, lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
+    "One parameter's step: the readable loop."
+    state = self.state[p]
+    t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
+    p.mul_(1 - lr * wd)                               # decoupled weight decay
+    m.lerp_(g, 1 - b1)                                # m = b1 m + (1-b1) g
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)           # v = b2 v + (1-b2) g^2
+    denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(eps)
+    p.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
 
-    def _foreach_update(self, params: list[Tensor], lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
-        t = self.state[params[0]]["step"]
-        grads = [p.grad for p in params]
-        ms = [self.state[p]["exp_avg"] for p in params]
-        vs = [self.state[p]["exp_avg_sq"] for p in params]
-        if wd: torch._foreach_mul_(params, 1 - lr * wd)
-        torch._foreach_lerp_(ms, grads, 1 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
-        # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)): the same step
-        # with the bias corrections folded into two scalars, one pass over the parameters fewer than dividing by sqrt(bc2)
-        bc2_sqrt = math.sqrt(1 - b2 ** t)
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_add_(denom, eps * bc2_sqrt)
-        torch._foreach_addcdiv_(params, ms, denom, value=-lr * bc2_sqrt / (1 - b1 ** t))
+@patch
+def _foreach_update(self: AdamW, params: list[Tensor], lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
+    "The same step for all `params` at once, with multi-tensor (`torch._foreach_*`) ops."
+    t = self.state[params[0]]["step"]
+    grads = [p.grad for p in params]
+    ms = [self.state[p]["exp_avg"] for p in params]
+    vs = [self.state[p]["exp_avg_sq"] for p in params]
+    if wd: torch._foreach_mul_(params, 1 - lr * wd)
+    torch._foreach_lerp_(ms, grads, 1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+    # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = (lr sqrt(bc2)/bc1) * m / (sqrt(v) + eps sqrt(bc2)): the same step
+    # with the bias corrections folded into two scalars, one pass over the parameters fewer than dividing by sqrt(bc2)
+    bc2_sqrt = math.sqrt(1 - b2 ** t)
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_add_(denom, eps * bc2_sqrt)
+    torch._foreach_addcdiv_(params, ms, denom, value=-lr * bc2_sqrt / (1 - b1 ** t))

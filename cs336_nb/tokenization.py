@@ -165,74 +165,90 @@ def _rev_key(b: bytes) -> str:
     "A string that sorts in the REVERSE lexicographic order of the byte string `b` (so a min-heap pops the greatest)."
     return b.decode("latin-1").translate(_INV) + "\u0101"
 
-# %% ../nbs/01_tokenization.ipynb #eb3b77a7
-def _merge_loop(counts: Counter, vocab: dict[int, bytes], vocab_size: int, progress: bool) -> list[tuple[bytes, bytes]]:
-    "BPE merges over the pre-token table `counts` until `vocab` (updated in place) has `vocab_size` tokens."
-    n_merges = vocab_size - len(vocab)
-    S = max(vocab_size, 256).bit_length()         # a pair (a, b) of ids is the int a << S | b
-    M = (1 << S) - 1
+# %% ../nbs/01_tokenization.ipynb #87f445ea
+def _pair_table(counts: Counter, shift: int) -> tuple[list[list[int]], list[int], defaultdict, defaultdict]:
+    "The words of `counts` as byte-id lists with their frequencies, each adjacent pair's count, and the words holding it."
     words, freqs = [], []
     for w, f in counts.items():
         b = w.encode("utf-8")
         if len(b) > 1: words.append(list(b)); freqs.append(f)   # ids 0..255 are the bytes themselves
-    pc = defaultdict(int)                         # pair -> count
-    index = defaultdict(set)                      # pair -> ids of words that contain (or contained) it
+    pair_counts = defaultdict(int)                # pair key (a << shift | b) -> count
+    pair_words = defaultdict(set)                 # pair key -> ids of words that contain (or contained) it
     for wid, w in enumerate(words):
         f = freqs[wid]
         for a, b in zip(w, w[1:]):
-            k = a << S | b
-            pc[k] += f
-            index[k].add(wid)
-    rk = [_rev_key(vocab[i]) for i in range(len(vocab))]
-    heap = [(-c, rk[k >> S], rk[k & M], k) for k, c in pc.items()]
+            key = a << shift | b
+            pair_counts[key] += f
+            pair_words[key].add(wid)
+    return words, freqs, pair_counts, pair_words
+
+# %% ../nbs/01_tokenization.ipynb #cd7bab71
+def _apply_merge(words: list[list[int]], freqs: list[int], pair_counts: defaultdict, pair_words: defaultdict,
+                 key: int, new_id: int, shift: int) -> set[int]:
+    "Replace the pair `key` by `new_id` in every word holding it, updating the pair counts; the keys of the new pairs."
+    a, b = key >> shift, key & ((1 << shift) - 1)
+    new_high = new_id << shift                    # the key of (new_id, right) is new_high | right
+    new_pairs = set()
+    for wid in pair_words.pop(key):
+        w, f, i = words[wid], freqs[wid], 0
+        for _ in range(w.count(a)):               # (raising at the end of every word would cost more)
+            try: i = w.index(a, i)                # C-speed scan for the next `a`
+            except ValueError: break              # only when a == b: merges removed two per step
+            if i + 1 < len(w) and w[i + 1] == b:
+                if i:
+                    left = w[i - 1]
+                    pair_counts[left << shift | a] -= f
+                    new_pair = left << shift | new_id
+                    pair_counts[new_pair] += f
+                    new_pairs.add(new_pair)
+                    pair_words[new_pair].add(wid)
+                if i + 2 < len(w):
+                    right = w[i + 2]
+                    pair_counts[b << shift | right] -= f
+                    new_pair = new_high | right
+                    pair_counts[new_pair] += f
+                    new_pairs.add(new_pair)
+                    pair_words[new_pair].add(wid)
+                w[i:i + 2] = (new_id,)
+            i += 1
+    del pair_counts[key]
+    return new_pairs
+
+# %% ../nbs/01_tokenization.ipynb #eb3b77a7
+def _merge_loop(counts: Counter, vocab: dict[int, bytes], vocab_size: int, progress: bool) -> list[tuple[bytes, bytes]]:
+    "BPE merges over the pre-token table `counts` until `vocab` (updated in place) has `vocab_size` tokens."
+    n_merges = vocab_size - len(vocab)
+    shift = max(vocab_size, 256).bit_length()     # a pair (a, b) of ids is the int key a << shift | b
+    mask = (1 << shift) - 1
+    words, freqs, pair_counts, pair_words = _pair_table(counts, shift)
+    rev_keys = [_rev_key(vocab[i]) for i in range(len(vocab))]   # per token id: its bytes' reverse-order sort key
+    heap = [(-c, rev_keys[k >> shift], rev_keys[k & mask], k) for k, c in pair_counts.items()]
     heapq.heapify(heap)
-    heappop, heappush = heapq.heappop, heapq.heappush
     merges: list[tuple[bytes, bytes]] = []
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=n_merges, desc="BPE merges", unit="merge", mininterval=0.5)
-    done = 0
+    pending = 0                                   # merges not yet shown on the bar (updated every 256)
     while len(merges) < n_merges and heap:
-        negc, _, _, k = heappop(heap)
-        c = pc.get(k, 0)
-        if c != -negc:                            # stale: counts only fall, so push back the true count
-            if c > 0: heappush(heap, (-c, rk[k >> S], rk[k & M], k))
+        neg_count, _, _, key = heapq.heappop(heap)
+        count = pair_counts.get(key, 0)
+        if count != -neg_count:                   # stale: counts only fall, so push back the true count
+            if count > 0: heapq.heappush(heap, (-count, rev_keys[key >> shift], rev_keys[key & mask], key))
             continue
-        a, b = k >> S, k & M
-        X = len(vocab)
-        vocab[X] = vocab[a] + vocab[b]
-        rk.append(_rev_key(vocab[X]))
+        a, b = key >> shift, key & mask
+        new_id = len(vocab)
+        vocab[new_id] = vocab[a] + vocab[b]
+        rev_keys.append(_rev_key(vocab[new_id]))
         merges.append((vocab[a], vocab[b]))
-        XS = X << S
-        new = set()
-        for wid in index.pop(k):
-            w, f, i = words[wid], freqs[wid], 0
-            for _ in range(w.count(a)):           # (raising at the end of every word would cost more)
-                try: i = w.index(a, i)            # C-speed scan for the next `a`
-                except ValueError: break          # only when a == b: merges removed two per step
-                if i + 1 < len(w) and w[i + 1] == b:
-                    if i:
-                        L = w[i - 1]
-                        pc[L << S | a] -= f
-                        nk = L << S | X
-                        pc[nk] += f; new.add(nk); index[nk].add(wid)
-                    if i + 2 < len(w):
-                        R = w[i + 2]
-                        pc[b << S | R] -= f
-                        nk = XS | R
-                        pc[nk] += f; new.add(nk); index[nk].add(wid)
-                    w[i:i + 2] = (X,)
-                i += 1
-        del pc[k]
-        for nk in new:
-            c = pc[nk]
-            if c > 0: heappush(heap, (-c, rk[nk >> S], rk[nk & M], nk))
+        for new_pair in _apply_merge(words, freqs, pair_counts, pair_words, key, new_id, shift):
+            c = pair_counts[new_pair]
+            if c > 0: heapq.heappush(heap, (-c, rev_keys[new_pair >> shift], rev_keys[new_pair & mask], new_pair))
         if bar is not None:
-            done += 1
-            if done == 256: bar.update(done); done = 0
+            pending += 1
+            if pending == 256: bar.update(pending); pending = 0
     if bar is not None:
-        bar.update(done); bar.close()
+        bar.update(pending); bar.close()
     return merges
 
 # %% ../nbs/01_tokenization.ipynb #ec1d0397

@@ -762,6 +762,7 @@ def sample_next_token(logits: Float[Tensor, "... vocab"], temperature: float = 1
     ids = torch.multinomial(flat / flat.sum(-1, keepdim=True), 1, generator=generator)
     return ids.reshape(probs.shape[:-1])
 
+# %% ../nbs/04_training.ipynb #32789c9f
 @torch.no_grad()
 def generate_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
                   top_p: float = 1.0, *, top_k: int | None = None, stop_token: str | None = "<|endoftext|>",
@@ -793,7 +794,6 @@ def generate_text(model: torch.nn.Module, tokenizer: Any, prompt: str, max_new_t
 
 
 generate = generate_text  # the name this helper had before Lecture 3 gained `TransformerLM.generate`
-
 
 # %% ../nbs/04_training.ipynb #4f4b1f8f
 def train_cli(argv: Sequence[str] | None = None) -> int:
