@@ -8,20 +8,22 @@ Docs: https://cs336-nb.github.io/cs336-nb/resource_accounting.html.md"""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Iterable, Literal
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .core import HARDWARE, Accelerator, peak_flops
-from .model import ModelConfig
 
 # %% auto #0
 __all__ = ['FLOAT_DTYPES', 'REAL_MODELS', 'GPT3_FAMILY', 'training_flops', 'training_time_days', 'largest_model_that_fits',
            'bytes_per_element', 'tensor_bytes', 'dtype_table', 'same_storage', 'matmul_flops', 'forward_flops',
-           'backward_flops', 'matmul_throughput', 'plot_matmul_throughput', 'param_counts', 'flops_per_token',
-           'training_flops_per_token', 'kv_cache_bytes_per_token', 'model_table', 'activation_memory',
-           'training_memory', 'saved_activation_bytes', 'measure_training_step_memory', 'time_training_step']
+           'backward_flops', 'matmul_throughput', 'plot_matmul_throughput', 'ModelShape', 'param_counts',
+           'flops_per_token', 'training_flops_per_token', 'kv_cache_bytes_per_token', 'model_table',
+           'activation_memory', 'training_memory', 'saved_activation_bytes', 'training_memory_terms',
+           'measure_training_step_memory', 'time_training_step']
 
 # %% ../nbs/02_resource_accounting.ipynb #cf5ca8e4
 def training_flops(num_params: float, num_tokens: float) -> float:
@@ -138,11 +140,59 @@ def plot_matmul_throughput(rows: list[dict], accelerator: Accelerator | None = N
     ax.legend(); ax.grid(True, which="both", alpha=0.3)
     return ax
 
+# %% ../nbs/02_resource_accounting.ipynb #cdbebc6d
+@dataclass
+class ModelShape:
+    "The published hyperparameters that size a decoder-only Transformer: what parameters, FLOPs and memory are counted from."
+    vocab_size: int = 50257                  # V: rows of the token embedding and of the LM head
+    context_length: int = 1024               # T: the longest sequence (positions RoPE precomputes)
+    d_model: int = 768                       # d: width of the residual stream
+    num_layers: int = 12                     # L: Transformer blocks
+    num_heads: int = 12                      # h: query heads of each attention layer
+    d_ff: int = 2048                         # f: hidden width of each FFN
+    rope_theta: float | None = 10000.0       # RoPE base; None: no rotary embedding (GPT-2/3's learned positions are not modelled)
+    num_kv_heads: int | None = None          # h_kv: key/value heads (grouped-query attention); None: num_heads
+    tie_embeddings: bool = False             # the LM head reuses the embedding matrix (counted once)
+    logit_soft_cap: float | None = None      # c in c * tanh(logits / c) (Gemma 2); None: no cap
+    norm: Literal["rms", "layer"] = "rms"    # RMSNorm (d parameters) or LayerNorm (2d)
+    norm_position: Literal["pre", "post"] = "pre"    # norm the sublayer's input (pre) or the residual sum (post)
+    ffn: Literal["swiglu", "relu", "gelu"] = "swiglu"  # SwiGLU (3 matrices) or a 2-matrix MLP
+    qk_norm: bool = False                    # RMSNorm on each head's queries and keys (OLMo 2, Qwen3)
+
+    def __post_init__(self):
+        for n in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"):
+            v = getattr(self, n)
+            if isinstance(v, bool) or not isinstance(v, int): raise TypeError(f"{n} must be an int, got {type(v).__name__}")
+            if v <= 0: raise ValueError(f"{n} must be > 0, got {v}")
+        self._check_head_width()
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be divisible by num_kv_heads={self.num_kv_heads}")
+        if self.norm not in ("rms", "layer"): raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
+        if self.ffn not in ("swiglu", "relu", "gelu"): raise ValueError(f"ffn must be 'swiglu', 'relu' or 'gelu', got {self.ffn!r}")
+        if self.norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+
+    def _check_head_width(self) -> None:
+        "Heads split d_model evenly (Lecture 3's ModelConfig may set head_dim instead)."
+        if self.d_model % self.num_heads: raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+
+    @property
+    def d_head(self) -> int: return self.d_model // self.num_heads
+    @property
+    def kv_heads(self) -> int: return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    def num_params(self, *, include_embeddings: bool = True) -> int:
+        "Parameters of the model of this shape (`param_counts`' total; without embeddings, the token table is left out)."
+        pc = param_counts(self)
+        return pc["total"] if include_embeddings else pc["total"] - pc["embeddings"]
+
+    def to_dict(self) -> dict: return asdict(self)
+    def replace(self, **changes): return replace(self, **changes)
+
 # %% ../nbs/02_resource_accounting.ipynb #52646cee
 def _check_cfg(cfg) -> None:
-    # duck-typed, so a ModelConfig defined in a notebook session works too
+    "A clear error for what is not a model shape (duck-typed: any object with ModelShape's fields and properties works)."
     if not all(hasattr(cfg, a) for a in ("d_model", "num_layers", "num_heads", "d_ff", "vocab_size", "kv_heads", "num_params")):
-        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        raise TypeError(f"cfg must be a ModelShape or ModelConfig, got {type(cfg).__name__}")
 
 
 def _ffn_params(cfg) -> tuple[int, int]:
@@ -154,7 +204,7 @@ def _ffn_params(cfg) -> tuple[int, int]:
     return sum(t for t, _ in per), sum(a for _, a in per)
 
 
-def param_counts(cfg: ModelConfig) -> dict[str, int]:
+def param_counts(cfg: ModelShape) -> dict[str, int]:
     "Parameters of a `TransformerLM` by component (tied embeddings counted once, under 'embeddings'); MoE configs add 'active' (per token)."
     _check_cfg(cfg)
     d, hd, L = cfg.d_model, cfg.d_head, cfg.num_layers
@@ -167,37 +217,47 @@ def param_counts(cfg: ModelConfig) -> dict[str, int]:
     if getattr(cfg, "moe", None) is not None: out["active"] = out["total"] - ffn + ffn_active  # the unchosen experts idle
     return out
 
+# %% ../nbs/02_resource_accounting.ipynb #58d57b13
+def _attended_keys(cfg, T: int) -> float:
+    "Keys a query scores, averaged over layers: T, or min(T, window) on a sliding-window layer (Lecture 3's local attention)."
+    windows = cfg.layer_windows() if hasattr(cfg, "layer_windows") else [None] * cfg.num_layers
+    return sum(T if w is None else min(T, w) for w in windows) / cfg.num_layers
 
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> dict[str, float]:
-    "Forward matmul FLOPs per token by component, at sequence length `seq_len` (default: the context length)."
+
+def flops_per_token(cfg: ModelShape, seq_len: int | None = None, *, norms: bool = False) -> dict[str, float]:
+    """Forward matmul FLOPs per token by component, at sequence length `seq_len` (default: the context length).
+    `norms=True` adds the normalisations' elementwise FLOPs ('norms': about 4d per RMSNorm, 7d per LayerNorm)."""
     _check_cfg(cfg)
     T = cfg.context_length if seq_len is None else seq_len
     if T <= 0: raise ValueError(f"seq_len must be > 0, got {T}")
     d, hd, h, L = cfg.d_model, cfg.d_head, cfg.num_heads, cfg.num_layers
     out = dict(attention_proj=L * 2 * d * hd * (2 * h + 2 * cfg.kv_heads),
-               attention_scores=L * 4 * T * h * hd,
+               attention_scores=L * 4 * _attended_keys(cfg, T) * h * hd,
                ffn=2 * _ffn_params(cfg)[1],  # active FFN parameters: an MoE token visits only k experts
                lm_head=2 * d * cfg.vocab_size)
+    if norms:  # RMSNorm: square, sum, scale by 1/rms, times the weight; LayerNorm adds the mean, centring and the bias
+        per_norm = 4 * d if cfg.norm == "rms" else 7 * d
+        out["norms"] = (2 * L + 1) * per_norm + (L * 4 * hd * (h + cfg.kv_heads) if cfg.qk_norm else 0)
     out["total"] = sum(out.values())
     return out
 
 
-def training_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+def training_flops_per_token(cfg: ModelShape, seq_len: int | None = None) -> float:
     "Forward + backward FLOPs per token: 3x the forward's."
     return 3 * flops_per_token(cfg, seq_len)["total"]
 
 
-def kv_cache_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> int:
+def kv_cache_bytes_per_token(cfg: ModelShape, dtype: torch.dtype = torch.bfloat16) -> int:
     "Bytes of KV cache one token occupies during generation: 2 (K and V) * layers * kv_heads * d_head * bytes."
     return 2 * cfg.num_layers * cfg.kv_heads * cfg.d_head * bytes_per_element(dtype)
 
 # %% ../nbs/02_resource_accounting.ipynb #4c466088
-def _gpt(d, L, h, ctx=2048): return ModelConfig(vocab_size=50257, context_length=ctx, d_model=d, num_layers=L, num_heads=h, d_ff=4 * d,
+def _gpt(d, L, h, ctx=2048): return ModelShape(vocab_size=50257, context_length=ctx, d_model=d, num_layers=L, num_heads=h, d_ff=4 * d,
                                                 rope_theta=None, tie_embeddings=True, norm="layer", ffn="gelu")
-def _llama(d, L, h, kv, f, V, ctx, theta=10000.0, **kw): return ModelConfig(vocab_size=V, context_length=ctx, d_model=d, num_layers=L, num_heads=h,
+def _llama(d, L, h, kv, f, V, ctx, theta=10000.0, **kw): return ModelShape(vocab_size=V, context_length=ctx, d_model=d, num_layers=L, num_heads=h,
                                                                            d_ff=f, rope_theta=theta, num_kv_heads=kv, **kw)
 
-REAL_MODELS: dict[str, tuple[ModelConfig, float, str]] = {
+REAL_MODELS: dict[str, tuple[ModelShape, float, str]] = {
     # name: (config, reported parameter count, source)
     "GPT-2 small": (_gpt(768, 12, 12, 1024), 124e6, "Radford et al. 2019"),
     "GPT-2 XL": (_gpt(1600, 48, 25, 1024), 1.5e9, "Radford et al. 2019"),
@@ -211,12 +271,12 @@ REAL_MODELS: dict[str, tuple[ModelConfig, float, str]] = {
     "Llama 3.1 405B": (_llama(16384, 126, 128, 8, 53248, 128256, 131072, 500000.0), 405e9, "Dubey et al. 2024, arXiv:2407.21783"),
 }
 
-GPT3_FAMILY: dict[str, ModelConfig] = {  # Brown et al. 2020, Table 2.1 (13B: d_model 5140 rounded to 5120)
+GPT3_FAMILY: dict[str, ModelShape] = {  # Brown et al. 2020, Table 2.1 (13B: d_model 5140 rounded to 5120)
     "125M": _gpt(768, 12, 12), "350M": _gpt(1024, 24, 16), "760M": _gpt(1536, 24, 16), "1.3B": _gpt(2048, 24, 16),
     "2.7B": _gpt(2560, 32, 32), "6.7B": _gpt(4096, 32, 32), "13B": _gpt(5120, 40, 40), "175B": _gpt(12288, 96, 96)}
 
 
-def model_table(models: dict[str, tuple[ModelConfig, float, str]] | None = None) -> list[dict]:
+def model_table(models: dict[str, tuple[ModelShape, float, str]] | None = None) -> list[dict]:
     "Hyperparameters and computed sizes (params, FLOPs/token, KV cache/token) of named configs."
     rows = []
     for name, (cfg, reported, _src) in (REAL_MODELS if models is None else models).items():
@@ -233,7 +293,7 @@ _OPT_STATE_BUFFERS = {"adamw": 2, "adam": 2, "adagrad": 1, "sgd_momentum": 1, "s
 _OPT_TEMP_BUFFERS = {"adamw": 1, "adam": 1, "adagrad": 1, "sgd_momentum": 0, "sgd": 0}   # step temporaries (sqrt(v))
 
 
-def activation_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *,
+def activation_memory(cfg: ModelShape, batch_size: int, seq_len: int | None = None, *,
                       compute_dtype: torch.dtype = torch.bfloat16, param_dtype: torch.dtype = torch.float32,
                       attn_backend: str = "sdpa", compiled: bool = False, device_type: str = "cuda") -> dict[str, int]:
     """Bytes autograd keeps for the backward of our `TransformerLM` + cross-entropy, by component.
@@ -275,8 +335,8 @@ def activation_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = N
     out["total"] = sum(out.values())
     return out
 
-
-def training_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *,
+# %% ../nbs/02_resource_accounting.ipynb #e7c7d74d
+def training_memory(cfg: ModelShape, batch_size: int, seq_len: int | None = None, *,
                     param_dtype: torch.dtype = torch.float32, compute_dtype: torch.dtype = torch.bfloat16,
                     optimizer: str = "adamw", attn_backend: str = "sdpa", compiled: bool = False,
                     device_type: str = "cuda", logits_held: bool = False) -> dict[str, int]:
@@ -318,33 +378,45 @@ def saved_activation_bytes(fn: Callable[[], object], exclude: Iterable[Tensor] =
         result = fn()
     return result, sum(seen.values())
 
+# %% ../nbs/02_resource_accounting.ipynb #6908928b
+def training_memory_terms(num_params: int, num_activations: int, *, optimizer: str = "adagrad",
+                          dtype: torch.dtype = torch.float32) -> dict[str, int]:
+    "Bytes of the four terms of training memory (parameters, activations, gradients, optimizer state) in one dtype, and their total."
+    if optimizer not in _OPT_STATE_BUFFERS: raise ValueError(f"optimizer must be one of {sorted(_OPT_STATE_BUFFERS)}, got {optimizer!r}")
+    if num_params < 0 or num_activations < 0: raise ValueError("num_params and num_activations must be >= 0")
+    s = bytes_per_element(dtype)
+    out = dict(parameters=num_params * s, activations=num_activations * s, gradients=num_params * s,
+               optimizer_state=num_params * _OPT_STATE_BUFFERS[optimizer] * s)
+    out["total"] = sum(out.values())
+    return out
+
 # %% ../nbs/02_resource_accounting.ipynb #4039588b
-def measure_training_step_memory(cfg: ModelConfig, batch_size: int, seq_len: int | None = None, *, compute_dtype=torch.bfloat16,
-                                 compiled: bool = False, steps: int = 2, device: str = "cuda") -> dict[str, int]:
-    """Measure one steady-state training step of `TransformerLM(cfg)` with our AdamW on a CUDA GPU: 'peak' (bytes,
+def measure_training_step_memory(build_model: Callable[[], nn.Module], token_ids: Tensor, *,
+                                 make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+                                 compute_dtype: torch.dtype = torch.bfloat16, compiled: bool = False, steps: int = 2) -> dict[str, int]:
+    """Measure one steady-state training step on a CUDA GPU of `build_model()` (a model mapping token ids to logits, on
+    the ids' device) with `make_optimizer(params)`, next-token loss on `token_ids` (batch, seq): 'peak' (bytes,
     torch.cuda.max_memory_allocated) and 'activations' (bytes allocated by the forward and still held at its end)."""
-    from cs336_nb.model import TransformerLM
-    from cs336_nb.optim import AdamW
-    import torch.nn.functional as F
-    if not torch.cuda.is_available(): raise RuntimeError("measure_training_step_memory needs a CUDA GPU")
-    T = cfg.context_length if seq_len is None else seq_len
+    if not callable(build_model) or isinstance(build_model, nn.Module):
+        raise TypeError("build_model must be a function that builds the model, e.g. "
+                        f"lambda: TransformerLM.from_config(cfg, device='cuda'); got {type(build_model).__name__}")
+    if not torch.cuda.is_available() or not token_ids.is_cuda: raise RuntimeError("measure_training_step_memory needs token_ids on a CUDA GPU")
     torch.cuda.empty_cache()
-    model = TransformerLM.from_config(cfg, device=device)
-    opt = AdamW(model.parameters(), lr=1e-4)
-    autocast = compute_dtype != torch.float32
+    model = build_model()
+    opt = make_optimizer(model.parameters())
     def loss_fn(x, y):
-        with torch.autocast("cuda", dtype=compute_dtype, enabled=autocast):
+        with torch.autocast("cuda", dtype=compute_dtype, enabled=compute_dtype != torch.float32):
             logits = model(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
     step = torch.compile(loss_fn) if compiled else loss_fn
-    x = torch.randint(0, cfg.vocab_size, (batch_size, T), device=device)
     out = {}
     for i in range(steps + 1):
         if i == steps: torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
-        loss = step(x, x)
+        loss = step(token_ids, token_ids)
         if i == steps: torch.cuda.synchronize(); out["activations"] = torch.cuda.memory_allocated() - before
         loss.backward()
-        opt.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     out["peak"] = torch.cuda.max_memory_allocated()
     del model, opt, loss, step
@@ -352,17 +424,14 @@ def measure_training_step_memory(cfg: ModelConfig, batch_size: int, seq_len: int
     return out
 
 # %% ../nbs/02_resource_accounting.ipynb #856a3faf
-def time_training_step(cfg: ModelConfig, batch_size: int, *, autocast_dtype: torch.dtype | None = None,
-                       device: str | torch.device | None = None, warmup: int = 2, reps: int = 5) -> float:
-    "Median seconds of one forward+backward of `TransformerLM(cfg)` (optionally under autocast)."
-    from cs336_nb.core import benchmark, get_device
-    from cs336_nb.model import TransformerLM
-    import torch.nn.functional as F
-    dev = get_device(device)
-    model = TransformerLM.from_config(cfg, device=dev)
-    x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.context_length), device=dev)
+def time_training_step(model: nn.Module, token_ids: Tensor, *, autocast_dtype: torch.dtype | None = None,
+                       warmup: int = 2, reps: int = 5) -> float:
+    "Median seconds of one forward+backward of `model` (token ids -> logits) on `token_ids` (batch, seq), optionally under autocast."
+    from cs336_nb.core import benchmark
+    if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module (build it first), got {type(model).__name__}")
+    dev = token_ids.device
     def step():
         with torch.autocast(dev.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = model(x)
-        F.cross_entropy(logits.flatten(0, 1).float(), x.flatten()).backward()
+            logits = model(token_ids)
+        F.cross_entropy(logits.flatten(0, 1).float(), token_ids.flatten()).backward()
     return benchmark(step, warmup=warmup, reps=reps, device=dev).median

@@ -7,6 +7,7 @@ Docs: https://cs336-nb.github.io/cs336-nb/architectures.html.md"""
 # %% ../nbs/03_architectures.ipynb #9f529fda
 from __future__ import annotations
 
+import importlib
 import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -18,12 +19,14 @@ from fastcore.basics import patch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from .accounting import ModelShape
+
 # %% auto #0
 __all__ = ['AttentionBackend', 'NormKind', 'FFNKind', 'Linear', 'Embedding', 'RMSNorm', 'LayerNorm', 'silu', 'gelu', 'softmax',
            'swiglu_hidden_dim', 'SwiGLU', 'MLP', 'RotaryPositionalEmbedding', 'scaled_dot_product_attention',
            'register_attention_backend', 'available_attention_backends', 'get_attention_backend',
-           'set_attention_backend', 'use_attention_backend', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss',
-           'MoEConfig', 'ModelConfig', 'TransformerLM', 'KVCache', 'sample_logits']
+           'set_attention_backend', 'use_attention_backend', 'causal_mask', 'MultiHeadSelfAttention',
+           'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig', 'TransformerLM', 'KVCache', 'sample_logits']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -62,7 +65,7 @@ class Linear(nn.Module):
 
     def extra_repr(self) -> str: return f"in_features={self.in_features}, out_features={self.out_features}"
 
-
+# %% ../nbs/03_architectures.ipynb #85e2a4a1
 def _check_token_ids(token_ids, vocab_size: int) -> None:
     "A clear error for what is not a tensor of ids in [0, vocab_size) (negative ids would silently wrap around)."
     if not isinstance(token_ids, Tensor):
@@ -219,14 +222,18 @@ def scaled_dot_product_attention(
 # %% ../nbs/03_architectures.ipynb #f3dc05bc
 AttentionBackend = Callable[[Tensor, Tensor, Tensor, bool], Tensor]
 _ATTENTION_BACKENDS: dict[str, AttentionBackend] = {}
+_WINDOWED_BACKENDS: set[str] = set()  # backends that also take window= (sliding-window attention)
 _DEFAULT_ATTENTION_BACKEND = "naive"
 
 
-def register_attention_backend(name: str, fn: AttentionBackend) -> None:
-    "Register `fn(q, k, v, is_causal) -> out` (all (batch, heads, seq, d_head)) under `name` (replacing any previous one)."
+def register_attention_backend(name: str, fn: AttentionBackend, *, sliding_window: bool = False) -> None:
+    """Register `fn(q, k, v, is_causal) -> out` (all (batch, heads, seq, d_head)) under `name` (replacing any previous
+    one); `sliding_window=True`: fn also takes `window=` (each query sees only the `window` most recent keys)."""
     if not isinstance(name, str) or not name: raise TypeError(f"name must be a non-empty str, got {name!r}")
     if not callable(fn): raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     _ATTENTION_BACKENDS[name] = fn
+    if sliding_window: _WINDOWED_BACKENDS.add(name)
+    else: _WINDOWED_BACKENDS.discard(name)
 
 
 # Backends of later lectures, found by name: importing their module registers them (Lecture 6, FlashAttention-2).
@@ -265,31 +272,37 @@ def use_attention_backend(name: str) -> Iterator[None]:
     finally: set_attention_backend(prev)
 
 # %% ../nbs/03_architectures.ipynb #f3dc05bd
-def _naive_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
-    mask = None
-    if is_causal:
-        Tq, Tk = q.shape[-2], k.shape[-2]
-        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+def causal_mask(Tq: int, Tk: int, *, window: int | None = None, device=None) -> Bool[Tensor, "Tq Tk"]:
+    "True where a query may attend: the queries are the last Tq of Tk positions; `window`: only the `window` latest keys (itself included)."
+    i = torch.arange(Tk - Tq, Tk, device=device)[:, None]  # (Tq, 1) query positions
+    j = torch.arange(Tk, device=device)[None, :]  # (1, Tk) key positions
+    mask = j <= i
+    return mask & (j > i - window) if window is not None else mask
+
+
+def _naive_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, window: int | None = None) -> Tensor:
+    if window is not None and not is_causal: raise ValueError("a sliding window needs causal attention")
+    mask = causal_mask(q.shape[-2], k.shape[-2], window=window, device=q.device) if is_causal else None
     return scaled_dot_product_attention(q, k, v, mask)
 
 
-def _sdpa_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
+def _sdpa_backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool, window: int | None = None) -> Tensor:
+    if window is not None and not is_causal: raise ValueError("a sliding window needs causal attention")
     Tq, Tk = q.shape[-2], k.shape[-2]
-    if is_causal and Tq != Tk:  # torch's is_causal aligns the mask top-left; queries are the *last* Tq positions
-        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if is_causal and (Tq != Tk or window is not None):  # torch's is_causal aligns the mask top-left and has no window
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, window=window, device=q.device))
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
 
 
-register_attention_backend("naive", _naive_backend)
-register_attention_backend("sdpa", _sdpa_backend)
+register_attention_backend("naive", _naive_backend, sliding_window=True)
+register_attention_backend("sdpa", _sdpa_backend, sliding_window=True)
 
 # %% ../nbs/03_architectures.ipynb #4c4c2015
 class MultiHeadSelfAttention(nn.Module):
-    "Causal multi-head self-attention with optional RoPE (`theta`), grouped-query K/V heads and QK-norm."
+    "Causal multi-head self-attention with optional RoPE (`theta`), grouped-query K/V heads, QK-norm and a sliding window."
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None, max_seq_len: int | None = None,
                  theta: float | None = None, qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
-                 norm_eps: float = 1e-5, device=None, dtype=None):
+                 norm_eps: float = 1e-5, sliding_window: int | None = None, device=None, dtype=None):
         super().__init__()
         _check_pos_int("d_model", d_model); _check_pos_int("num_heads", num_heads)
         if head_dim is None and d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
@@ -300,6 +313,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
         self.d_head = d_model // num_heads if head_dim is None else _check_pos_int("head_dim", head_dim)  # Qwen3: 128 at d_model 1024, 16 heads
         self.attn_backend = attn_backend
+        self.sliding_window = None if sliding_window is None else _check_pos_int("sliding_window", sliding_window)  # None: global
         kw = dict(device=device, dtype=dtype)
         self.q_proj = Linear(d_model, num_heads * self.d_head, **kw)
         self.k_proj = Linear(d_model, num_kv_heads * self.d_head, **kw)
@@ -312,32 +326,46 @@ class MultiHeadSelfAttention(nn.Module):
         self.q_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
         self.k_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
 
-    def forward(self, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None, *,
-                kv_cache: "KVCache | None" = None, layer_idx: int = 0, kv_len: int | None = None) -> Float[Tensor, "... seq d_model"]:
-        "With `kv_cache` (see the KV-cache section): x is (batch, seq, d_model), token_positions the cache slots (batch, seq)."
-        if x.shape[-1] != self.d_model: raise ValueError(f"x: last dim must be d_model={self.d_model}, got shape {tuple(x.shape)}")
-        lead, T = x.shape[:-2], x.shape[-2]
-        x = _to_compute_dtype(x.reshape(-1, T, self.d_model))  # one bf16 copy shared by q/k/v projections under autocast
-        q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.num_heads)
-        k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.num_kv_heads)
-        v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.num_kv_heads)
-        if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
-            if token_positions is None: pos = torch.arange(T, device=x.device)
-            else: pos = token_positions.reshape(-1, T)[:, None, :] if token_positions.dim() > 1 else token_positions
-            q, k = self.rope(q, pos), self.rope(k, pos)
-        if kv_cache is not None:  # write k, v into the cache and attend over everything cached
-            out = self._attend_cached(q, k, v, kv_cache, layer_idx, token_positions, kv_len)
-            return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
-        if self.num_kv_heads != self.num_heads:  # GQA: each K/V head serves num_heads/num_kv_heads query heads
-            g = self.num_heads // self.num_kv_heads
-            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-        out = get_attention_backend(self.attn_backend)(q, k, v, True)
-        out = rearrange(out, "b h t d -> b t (h d)")
-        return self.output_proj(out).reshape(*lead, T, self.d_model)
-
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, d_head={self.d_head}, attn_backend={self.attn_backend!r}"
+        return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, d_head={self.d_head}, attn_backend={self.attn_backend!r}" + (
+                f", sliding_window={self.sliding_window}" if self.sliding_window else "")
+
+# %% ../nbs/03_architectures.ipynb #2a2a2121
+def _attend(q: Tensor, k: Tensor, v: Tensor, backend: str | None, window: int | None) -> Tensor:
+    "Causal attention of (batch, heads, seq, d_head) tensors through `backend`; a sliding `window` only where the backend takes one."
+    if window is None: return get_attention_backend(backend)(q, k, v, True)
+    name = _DEFAULT_ATTENTION_BACKEND if backend is None else backend
+    fn = get_attention_backend(name)  # (loads a later lecture's backend, which registers its window support)
+    if name not in _WINDOWED_BACKENDS:
+        raise ValueError(f"attention backend {name!r} has no sliding-window mask; a sliding_window layer needs one of "
+                         f"{sorted(_WINDOWED_BACKENDS)} (attn_backend=...)")
+    return fn(q, k, v, True, window=window)
+
+
+@patch
+def forward(self: MultiHeadSelfAttention, x: Float[Tensor, "... seq d_model"], token_positions: Int[Tensor, "... seq"] | None = None, *,
+            kv_cache: "KVCache | None" = None, layer_idx: int = 0, kv_len: int | None = None) -> Float[Tensor, "... seq d_model"]:
+    "With `kv_cache` (see the KV-cache section): x is (batch, seq, d_model), token_positions the cache slots (batch, seq)."
+    if x.shape[-1] != self.d_model: raise ValueError(f"x: last dim must be d_model={self.d_model}, got shape {tuple(x.shape)}")
+    lead, T = x.shape[:-2], x.shape[-2]
+    x = _to_compute_dtype(x.reshape(-1, T, self.d_model))  # one bf16 copy shared by q/k/v projections under autocast
+    q = rearrange(self.q_proj(x), "b t (h d) -> b h t d", h=self.num_heads)
+    k = rearrange(self.k_proj(x), "b t (h d) -> b h t d", h=self.num_kv_heads)
+    v = rearrange(self.v_proj(x), "b t (h d) -> b h t d", h=self.num_kv_heads)
+    if self.q_norm is not None: q, k = self.q_norm(q), self.k_norm(k)
+    if self.rope is not None:
+        if token_positions is None: pos = torch.arange(T, device=x.device)
+        else: pos = token_positions.reshape(-1, T)[:, None, :] if token_positions.dim() > 1 else token_positions
+        q, k = self.rope(q, pos), self.rope(k, pos)
+    if kv_cache is not None:  # write k, v into the cache and attend over everything cached
+        out = self._attend_cached(q, k, v, kv_cache, layer_idx, token_positions, kv_len)
+        return self.output_proj(rearrange(out, "b h t d -> b t (h d)"))
+    if self.num_kv_heads != self.num_heads:  # GQA: each K/V head serves num_heads/num_kv_heads query heads
+        g = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    out = _attend(q, k, v, self.attn_backend, self.sliding_window)
+    out = rearrange(out, "b h t d -> b t (h d)")
+    return self.output_proj(out).reshape(*lead, T, self.d_model)
 
 # %% ../nbs/03_architectures.ipynb #9bf57f07
 NormKind = Literal["rms", "layer"]
@@ -361,7 +389,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, *, max_seq_len: int | None, theta: float | None,
                  num_kv_heads: int | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
                  ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
-                 norm_eps: float = 1e-5, device=None, dtype=None):
+                 norm_eps: float = 1e-5, sliding_window: int | None = None, device=None, dtype=None):
         super().__init__()
         if norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
         _check_pos_int("d_ff", d_ff)
@@ -369,7 +397,8 @@ class TransformerBlock(nn.Module):
         self.norm_position = norm_position
         self.ln1 = _make_norm(norm, d_model, norm_eps, **kw)
         self.attn = MultiHeadSelfAttention(d_model, num_heads, num_kv_heads=num_kv_heads, max_seq_len=max_seq_len, theta=theta,
-                                           qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps, **kw)
+                                           qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps,
+                                           sliding_window=sliding_window, **kw)
         self.ln2 = _make_norm(norm, d_model, norm_eps, **kw)
         self.ffn = _make_ffn(ffn, d_model, d_ff, **kw)
 
@@ -388,6 +417,14 @@ def z_loss(logits: Float[Tensor, "... vocab"]) -> Float[Tensor, ""]:
     return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
 
 # %% ../nbs/03_architectures.ipynb #43a188ea
+_LATER_LECTURES = {"moe": "cs336_nb.moe", "hf": "cs336_nb.hf"}  # Lecture 5's MoE layer, Lecture 8's Hugging Face bridge
+
+
+def _later_lecture(name: str):
+    "The module of a later lecture that builds on this one, imported by name on first use."
+    return importlib.import_module(_LATER_LECTURES[name])
+
+
 @dataclass
 class MoEConfig:
     "Mixture-of-experts FFN layers of a `TransformerLM` (the layer is `cs336_nb.moe.MoE`, Lecture 5)."
@@ -428,96 +465,78 @@ class MoEConfig:
         return router + self.num_experts * expert + shared, router + self.top_k * expert + shared
 
     def build(self, d_model: int, d_ff: int, device=None, dtype=None) -> nn.Module:
-        "The `cs336_nb.moe.MoE` layer this config describes (imported here, lazily: Lecture 5 builds on this one)."
-        from cs336_nb.moe import MoE
+        "The `cs336_nb.moe.MoE` layer this config describes (Lecture 5, found by name: it builds on this lecture)."
+        MoE = _later_lecture("moe").MoE
         c = asdict(self)
         for k in ("d_ff", "every", "first_dense"): c.pop(k)
         return MoE(d_model, self.expert_d_ff(d_ff), c.pop("num_experts"), c.pop("top_k"), **c, device=device, dtype=dtype)
 
 # %% ../nbs/03_architectures.ipynb #eda2054f
 @dataclass
-class ModelConfig:
-    "Hyperparameters of a `TransformerLM`; `TransformerLM.from_config(cfg)` builds it, `cfg.num_params()` counts it."
-    vocab_size: int = 50257
-    context_length: int = 1024
-    d_model: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    d_ff: int = 2048
-    rope_theta: float | None = 10000.0
-    num_kv_heads: int | None = None
-    tie_embeddings: bool = False
-    logit_soft_cap: float | None = None
-    norm: NormKind = "rms"
-    norm_position: Literal["pre", "post"] = "pre"
-    ffn: FFNKind = "swiglu"
-    qk_norm: bool = False
-    attn_backend: str | None = None
-    head_dim: int | None = None  # per-head width; None: d_model // num_heads (Qwen3 sets it explicitly)
-    norm_eps: float = 1e-5  # epsilon of every RMSNorm/LayerNorm (Llama 2: 1e-5, Qwen3: 1e-6)
-    moe: MoEConfig | None = None  # mixture-of-experts FFNs (Lecture 5); None: every FFN dense
+class ModelConfig(ModelShape):
+    """Hyperparameters of a `TransformerLM`: Lecture 2's `ModelShape` (the counted fields: vocab_size, context_length,
+    d_model, num_layers, num_heads, d_ff, rope_theta, num_kv_heads, tie_embeddings, logit_soft_cap, norm, norm_position,
+    ffn, qk_norm, in this positional order) and the fields below. `TransformerLM.from_config(cfg)` builds it."""
+    attn_backend: str | None = None    # attention backend name (`available_attention_backends()`); None: the global default
+    head_dim: int | None = None        # per-head width; None: d_model // num_heads (Qwen3 sets it explicitly)
+    norm_eps: float = 1e-5             # epsilon of every RMSNorm/LayerNorm (Llama 2: 1e-5, Qwen3: 1e-6)
+    moe: MoEConfig | None = None       # mixture-of-experts FFNs (Lecture 5); None: every FFN dense
+    sliding_window: int | None = None  # local layers attend to the last `sliding_window` positions; None: every layer global
+    global_every: int | None = None    # with a window: every n-th layer is global (Gemma 2: 2, Gemma 3: 6); None: all local
 
     def __post_init__(self):
-        for n in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff"): _check_pos_int(n, getattr(self, n))
-        if self.head_dim is not None: _check_pos_int("head_dim", self.head_dim)
-        elif self.d_model % self.num_heads: raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
-        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} must be divisible by num_kv_heads={self.num_kv_heads}")
-        if self.norm not in ("rms", "layer"): raise ValueError(f"norm must be 'rms' or 'layer', got {self.norm!r}")
-        if self.ffn not in ("swiglu", "relu", "gelu"): raise ValueError(f"ffn must be 'swiglu', 'relu' or 'gelu', got {self.ffn!r}")
-        if self.norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        super().__post_init__()
         if isinstance(self.moe, dict): self.moe = MoEConfig(**self.moe)
         if self.moe is not None and not isinstance(self.moe, MoEConfig): raise TypeError(f"moe must be a MoEConfig, dict or None, got {type(self.moe).__name__}")
+        if self.sliding_window is not None: _check_pos_int("sliding_window", self.sliding_window)
+        if self.global_every is not None:
+            _check_pos_int("global_every", self.global_every)
+            if self.sliding_window is None: raise ValueError("global_every needs sliding_window (the width of the local layers)")
+
+    def _check_head_width(self) -> None:
+        "Heads split d_model evenly, unless head_dim sets their width."
+        if self.head_dim is None: super()._check_head_width()
+        else: _check_pos_int("head_dim", self.head_dim)
 
     @property
     def d_head(self) -> int: return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
-    @property
-    def kv_heads(self) -> int: return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
-    def num_params(self, *, include_embeddings: bool = True) -> int:
-        "Closed-form parameter count (equals `sum(p.numel())` of the built model; tied weights counted once)."
-        d, f, hd = self.d_model, self.d_ff, self.d_head
-        attn = d * self.num_heads * hd + 2 * d * self.kv_heads * hd + self.num_heads * hd * d
-        if self.qk_norm: attn += 2 * hd
-        ffn = (3 if self.ffn == "swiglu" else 2) * d * f
-        norm = d if self.norm == "rms" else 2 * d
-        per_layer = attn + ffn + 2 * norm
-        n = self.num_layers * per_layer + norm  # + ln_final
-        if self.moe is not None and self.ffn == "swiglu":  # MoE layers replace their dense FFN
-            n += sum(self.moe.ffn_params(d, f)[0] - ffn for i in range(self.num_layers) if self.moe.is_moe_layer(i))
-        if include_embeddings: n += self.vocab_size * d * (1 if self.tie_embeddings else 2)
-        elif not self.tie_embeddings: n += self.vocab_size * d  # the LM head is a matmul, counted as non-embedding
-        return n
+    def layer_windows(self) -> list[int | None]:
+        "Each layer's sliding window (None: global attention); with global_every n, layers n-1, 2n-1, ... are global."
+        if self.sliding_window is None: return [None] * self.num_layers
+        n = self.global_every
+        return [None if n is not None and (i + 1) % n == 0 else self.sliding_window for i in range(self.num_layers)]
 
-    def to_dict(self) -> dict: return asdict(self)
-    def replace(self, **changes) -> "ModelConfig": return replace(self, **changes)
+# %% ../nbs/03_architectures.ipynb #676076a7
+@patch(cls_method=True)
+def tiny(cls: ModelConfig, **kw) -> ModelConfig:
+    "A CPU-sized model for tests and demos: 4 layers, d_model 128, byte-level vocabulary."
+    return cls(**{**dict(vocab_size=256, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=352), **kw})
 
-    @classmethod
-    def tiny(cls, **kw) -> "ModelConfig":
-        "A CPU-sized model for tests and demos: 4 layers, d_model 128, byte-level vocabulary."
-        return cls(**{**dict(vocab_size=256, context_length=128, d_model=128, num_layers=4, num_heads=4, d_ff=352), **kw})
+@patch(cls_method=True)
+def tinystories(cls: ModelConfig, **kw) -> ModelConfig:
+    "The CS336 assignment-1 TinyStories model: vocab 10k, context 256, d_model 512, 4 layers, 16 heads, d_ff 1344."
+    return cls(**{**dict(vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344), **kw})
 
-    @classmethod
-    def tinystories(cls, **kw) -> "ModelConfig":
-        "The CS336 assignment-1 TinyStories model: vocab 10k, context 256, d_model 512, 4 layers, 16 heads, d_ff 1344."
-        return cls(**{**dict(vocab_size=10000, context_length=256, d_model=512, num_layers=4, num_heads=16, d_ff=1344), **kw})
+@patch(cls_method=True)
+def gpt2_small(cls: ModelConfig, **kw) -> ModelConfig:
+    "GPT-2 small's shape (124M with tied embeddings): 12 layers, d_model 768, 12 heads, SwiGLU d_ff 2048, vocab 50257, context 1024."
+    return cls(**{**dict(vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=2048, tie_embeddings=True), **kw})
 
-    @classmethod
-    def gpt2_small(cls, **kw) -> "ModelConfig":
-        "GPT-2 small's shape (124M with tied embeddings): 12 layers, d_model 768, 12 heads, SwiGLU d_ff 2048, vocab 50257, context 1024."
-        return cls(**{**dict(vocab_size=50257, context_length=1024, d_model=768, num_layers=12, num_heads=12, d_ff=2048, tie_embeddings=True), **kw})
+@patch(cls_method=True)
+def gpt2_medium(cls: ModelConfig, **kw) -> ModelConfig:
+    "GPT-2 medium's shape with a SwiGLU FFN: 24 layers, d_model 1024, 16 heads."
+    return cls(**{**dict(d_model=1024, num_layers=24, num_heads=16, d_ff=swiglu_hidden_dim(1024), tie_embeddings=True), **kw})
 
-    @classmethod
-    def gpt2_medium(cls, **kw) -> "ModelConfig":
-        return cls(**{**dict(d_model=1024, num_layers=24, num_heads=16, d_ff=swiglu_hidden_dim(1024), tie_embeddings=True), **kw})
+@patch(cls_method=True)
+def gpt2_large(cls: ModelConfig, **kw) -> ModelConfig:
+    "GPT-2 large's shape with a SwiGLU FFN: 36 layers, d_model 1280, 20 heads."
+    return cls(**{**dict(d_model=1280, num_layers=36, num_heads=20, d_ff=swiglu_hidden_dim(1280), tie_embeddings=True), **kw})
 
-    @classmethod
-    def gpt2_large(cls, **kw) -> "ModelConfig":
-        return cls(**{**dict(d_model=1280, num_layers=36, num_heads=20, d_ff=swiglu_hidden_dim(1280), tie_embeddings=True), **kw})
-
-    @classmethod
-    def gpt2_xl(cls, **kw) -> "ModelConfig":
-        return cls(**{**dict(d_model=1600, num_layers=48, num_heads=25, d_ff=swiglu_hidden_dim(1600), tie_embeddings=True), **kw})
+@patch(cls_method=True)
+def gpt2_xl(cls: ModelConfig, **kw) -> ModelConfig:
+    "GPT-2 XL's shape with a SwiGLU FFN: 48 layers, d_model 1600, 25 heads."
+    return cls(**{**dict(d_model=1600, num_layers=48, num_heads=25, d_ff=swiglu_hidden_dim(1600), tie_embeddings=True), **kw})
 
 # %% ../nbs/03_architectures.ipynb #8f573f39
 class TransformerLM(nn.Module):
@@ -526,64 +545,28 @@ class TransformerLM(nn.Module):
                  rope_theta: float | None, *, num_kv_heads: int | None = None, tie_embeddings: bool = False,
                  logit_soft_cap: float | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
                  ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
-                 norm_eps: float = 1e-5, moe: "MoEConfig | dict | None" = None, device=None, dtype=None):
+                 norm_eps: float = 1e-5, moe: "MoEConfig | dict | None" = None, sliding_window: int | None = None,
+                 global_every: int | None = None, device=None, dtype=None):
         super().__init__()
         self.config = ModelConfig(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, num_kv_heads,
                                   tie_embeddings, logit_soft_cap, norm, norm_position, ffn, qk_norm, attn_backend,
-                                  head_dim=head_dim, norm_eps=norm_eps, moe=moe)
+                                  head_dim=head_dim, norm_eps=norm_eps, moe=moe, sliding_window=sliding_window, global_every=global_every)
         if logit_soft_cap is not None and not logit_soft_cap > 0: raise ValueError(f"logit_soft_cap must be > 0, got {logit_soft_cap}")
         kw = dict(device=device, dtype=dtype)
         self.context_length, self.vocab_size, self.logit_soft_cap = context_length, vocab_size, logit_soft_cap
         self.token_embeddings = Embedding(vocab_size, d_model, **kw)
         self.layers = nn.ModuleList(
             TransformerBlock(d_model, num_heads, d_ff, max_seq_len=context_length, theta=rope_theta, num_kv_heads=num_kv_heads,
-                             norm=norm, norm_position=norm_position, ffn=ffn, qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps, **kw)
-            for _ in range(num_layers))
-        if self.config.moe is not None:  # layers.{i}.ffn becomes a cs336_nb.moe.MoE (built lazily by the config)
+                             norm=norm, norm_position=norm_position, ffn=ffn, qk_norm=qk_norm, attn_backend=attn_backend,
+                             head_dim=head_dim, norm_eps=norm_eps, sliding_window=window, **kw)
+            for window in self.config.layer_windows())
+        if self.config.moe is not None:  # layers.{i}.ffn becomes a cs336_nb.moe.MoE (built by the config, Lecture 5)
             if ffn != "swiglu": raise ValueError(f"moe layers are SwiGLU experts; ffn must be 'swiglu', got {ffn!r}")
             for i, layer in enumerate(self.layers):
                 if self.config.moe.is_moe_layer(i): layer.ffn = self.config.moe.build(d_model, d_ff, **kw)
         self.ln_final = _make_norm(norm, d_model, norm_eps, **kw)
         self.lm_head = Linear(d_model, vocab_size, **kw)
         if tie_embeddings: self.token_embeddings.weight = self.lm_head.weight  # one Parameter, Linear's init
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, *, device=None, dtype=None) -> "TransformerLM":
-        "Build the model a `ModelConfig` describes."
-        if not isinstance(cfg, ModelConfig): raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-        c = cfg.to_dict()
-        pos = [c.pop(k) for k in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta")]
-        return cls(*pos, **c, device=device, dtype=dtype)
-
-    @classmethod
-    def from_hf(cls, model_or_dir, **kwargs) -> "TransformerLM":
-        "Load a Hugging Face Llama/Qwen3/Mixtral/Qwen3-MoE model object or local checkpoint folder (Lecture 8a, `cs336_nb.hf.from_hf`)."
-        from cs336_nb.hf import from_hf  # lazy: Lecture 8 builds on this one
-        return from_hf(model_or_dir, **kwargs)
-
-    def to_hf(self, **kwargs):
-        "This model as a Hugging Face `transformers` model with the same weights (`cs336_nb.hf.to_hf`)."
-        from cs336_nb.hf import to_hf
-        return to_hf(self, **kwargs)
-
-    def num_params(self, *, include_embeddings: bool = True) -> int:
-        "Number of distinct parameters (tied weights once); without embeddings, the token embedding table is excluded."
-        n = sum(p.numel() for p in self.parameters())
-        if not include_embeddings: n -= self.token_embeddings.weight.numel()
-        return n
-
-    def moe_layers(self) -> list[nn.Module]:
-        "The MoE FFNs of this model, in layer order (empty for a dense model)."
-        return [layer.ffn for layer in self.layers if hasattr(layer.ffn, "last_stats")]
-
-    def moe_aux_loss(self) -> Tensor:
-        "Sum of the MoE layers' auxiliary losses from the last forward pass (0 for a dense model); add it to the loss."
-        losses = [m.last_stats["aux_loss"] for m in self.moe_layers() if "aux_loss" in m.last_stats]
-        return torch.stack(losses).sum() if losses else torch.zeros((), device=self.lm_head.weight.device)
-
-    def moe_loads(self) -> list[Tensor]:
-        "Per MoE layer, each expert's share of the token-slots in the last forward pass."
-        return [m.last_stats["load"] for m in self.moe_layers() if "load" in m.last_stats]
 
     def forward(self, token_ids: Int[Tensor, "... seq"], token_positions: Int[Tensor, "... seq"] | None = None, *,
                 kv_cache: "KVCache | None" = None) -> Float[Tensor, "... seq vocab"]:
@@ -603,6 +586,49 @@ class TransformerLM(nn.Module):
         x = self.token_embeddings(token_ids)
         for layer in self.layers: x = layer(x, token_positions)
         return self.ln_final(x)
+
+# %% ../nbs/03_architectures.ipynb #73a03f48
+@patch(cls_method=True)
+def from_config(cls: TransformerLM, cfg: ModelShape, *, device=None, dtype=None) -> TransformerLM:
+    "Build the model a `ModelConfig` (or a Lecture-2 `ModelShape`, such as `accounting.REAL_MODELS[name][0]`) describes."
+    if not isinstance(cfg, ModelShape): raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    c = cfg.to_dict() if isinstance(cfg, ModelConfig) else ModelConfig(**cfg.to_dict()).to_dict()
+    pos = [c.pop(k) for k in ("vocab_size", "context_length", "d_model", "num_layers", "num_heads", "d_ff", "rope_theta")]
+    return cls(*pos, **c, device=device, dtype=dtype)
+
+@patch(cls_method=True)
+def from_hf(cls: TransformerLM, model_or_dir, **kwargs) -> TransformerLM:
+    "Load a Hugging Face Llama/Qwen3/Mixtral/Qwen3-MoE model object or local checkpoint folder (Lecture 8a, `cs336_nb.hf.from_hf`)."
+    return _later_lecture("hf").from_hf(model_or_dir, **kwargs)
+
+@patch
+def to_hf(self: TransformerLM, **kwargs):
+    "This model as a Hugging Face `transformers` model with the same weights (`cs336_nb.hf.to_hf`)."
+    return _later_lecture("hf").to_hf(self, **kwargs)
+
+@patch
+def num_params(self: TransformerLM, *, include_embeddings: bool = True) -> int:
+    "Number of distinct parameters (tied weights once); without embeddings, the token embedding table is excluded."
+    n = sum(p.numel() for p in self.parameters())
+    if not include_embeddings: n -= self.token_embeddings.weight.numel()
+    return n
+
+# %% ../nbs/03_architectures.ipynb #34d61d54
+@patch
+def moe_layers(self: TransformerLM) -> list[nn.Module]:
+    "The MoE FFNs of this model, in layer order (empty for a dense model)."
+    return [layer.ffn for layer in self.layers if hasattr(layer.ffn, "last_stats")]
+
+@patch
+def moe_aux_loss(self: TransformerLM) -> Tensor:
+    "Sum of the MoE layers' auxiliary losses from the last forward pass (0 for a dense model); add it to the loss."
+    losses = [m.last_stats["aux_loss"] for m in self.moe_layers() if "aux_loss" in m.last_stats]
+    return torch.stack(losses).sum() if losses else torch.zeros((), device=self.lm_head.weight.device)
+
+@patch
+def moe_loads(self: TransformerLM) -> list[Tensor]:
+    "Per MoE layer, each expert's share of the token-slots in the last forward pass."
+    return [m.last_stats["load"] for m in self.moe_layers() if "load" in m.last_stats]
 
 # %% ../nbs/03_architectures.ipynb #kvc00001
 @dataclass(eq=False)
@@ -671,7 +697,9 @@ def _attend_cached(self: MultiHeadSelfAttention, q: Tensor, k: Tensor, v: Tensor
     S = kc.shape[-2] if kv_len is None else kv_len
     keys, values = kc[:, :, :S].to(q.dtype), vc[:, :, :S].to(q.dtype)  # (B, Hkv, S, D)
     g = self.num_heads // self.num_kv_heads
-    mask = torch.arange(S, device=pos.device) <= pos[..., None]  # (B, T, S): slot j is visible at position p iff j <= p
+    slots = torch.arange(S, device=pos.device)
+    mask = slots <= pos[..., None]  # (B, T, S): slot j is visible at position p iff j <= p ...
+    if self.sliding_window is not None: mask &= slots > pos[..., None] - self.sliding_window  # ... and within the window
     mask = mask[:, None, None].expand(B, 1, g, T, S).reshape(B, 1, g * T, S)
     out = _masked_attention(q.reshape(B, self.num_kv_heads, g * T, -1), keys, values, mask, self.attn_backend)
     return out.reshape(B, self.num_heads, T, -1)  # (B, H, T, D)
