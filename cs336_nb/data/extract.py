@@ -22,8 +22,8 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
 # %% auto #0
-__all__ = ['SAMPLE_FILE', 'load_cc_sample', 'page_to_html', 'write_warc', 'WarcDocument', 'iter_warc', 'decode_html',
-           'naive_strip_tags', 'extract_text', 'extraction_quality']
+__all__ = ['SAMPLE_FILE', 'load_cc_sample', 'sample_pages', 'page_to_html', 'write_warc', 'WarcDocument', 'iter_warc',
+           'decode_html', 'naive_strip_tags', 'extract_text', 'extraction_quality']
 
 # %% ../../nbs/11a_extract.ipynb #627d2017
 SAMPLE_FILE = "cc_sample_documents.txt"   # in $CS336_DATA: 10 real Common Crawl pages as text
@@ -43,6 +43,92 @@ def load_cc_sample(path: str | os.PathLike | None = None) -> list[tuple[str, str
     if not heads: raise ValueError(f"path={str(path)!r} has no '--- PAGE i: url = ...' lines")
     ends = [h.start() for h in heads[1:]] + [len(text)]
     return [(h.group(2).strip(), text[h.end():e].strip("\n")) for h, e in zip(heads, ends)]
+
+# %% ../../nbs/11a_extract.ipynb #b27a24e0
+#: A stand-in for the sample when `$CS336_DATA/cc_sample_documents.txt` is missing: ten short pages written for this
+#: course (not crawled), in the sample's languages and order, so every part runs (and says it runs on the stand-in).
+_STANDIN_PAGES = {
+    "http://example.jp/blog/2018/04/": """ブログ日記: 四月の買い物
+[ホーム](/) [アーカイブ](/archive)
+今日は駅前の商店街で新しい自転車を買いました。
+店員さんはとても親切で、乗り方やメンテナンスの方法を丁寧に説明してくれました。
+午後は川沿いの道を走って、桜の花がまだ少し残っているのを見ました。
+帰りにパン屋に寄って、焼きたてのメロンパンを二つ買いました。
+来週は友達と一緒に海の近くまで走ってみたいと思います。
+皆さんも春の散歩やサイクリングを楽しんでください。""",
+    "http://example.jp/team/player08.html": """選手紹介 - 島の野球チーム公式サイト
+[チーム](../index.html) [日程](../schedule.html)
+背番号八番の外野手は、足の速さと正確な送球が持ち味です。
+高校時代から主将を務め、チームを何度も県大会へ導きました。
+入団後は毎朝早く球場に来て、打撃練習を欠かしません。
+ファンの皆様の温かい声援が、選手たちの一番の力になっています。
+試合の日程とチケットの情報は、下のお知らせをご覧ください。""",
+    "http://example.es/biblioteca/titulos": """Títulos A-Z - Biblioteca Digital
+La biblioteca digital ofrece acceso libre a miles de libros, mapas, grabados y manuscritos antiguos.
+Los documentos se pueden consultar en línea y descargar en varios formatos.
+Cada registro incluye el autor, la fecha de publicación y una breve descripción del contenido.
+Las colecciones se amplían cada mes gracias al trabajo de los bibliotecarios y de los voluntarios.
+Para buscar una obra, escriba el título o el nombre del autor en el buscador de la parte superior.""",
+    "http://example.it/poeti/flavio/": """Flavio - Poeti e Poesia Blog
+[Vai al contenuto](#content)
+Il poeta è nato in un piccolo paese di montagna e ha cominciato a scrivere da ragazzo.
+Le sue poesie parlano del mare, delle stagioni e della memoria della famiglia.
+Nel suo ultimo libro racconta il viaggio del padre verso la città in cerca di lavoro.
+I lettori apprezzano la semplicità delle parole e la forza delle immagini.
+Ogni sera legge i suoi versi in una piccola libreria del centro storico.""",
+    "http://example.com/throwback-thursday/": """Throwback Thursday - The Official Fan Site
+[Skip to content](#content)
+[Home](/) [News](/news) [Photos](/photos) [Contact](/contact)
+This week we look back at the first season of our quarterback, when nobody expected much from a rookie.
+He started the year on the bench and watched the veterans from the sideline for six long weeks.
+When the starter was injured in October, the coach had no choice but to send the young man onto the field.
+He threw two touchdowns in his first game and the crowd chanted his name until the final whistle.
+By December the team had won eight games in a row and the rookie had become the face of the city.
+Fans still talk about the snowy night when he ran for the winning score with ten seconds left.
+His old teammates say he never changed: the first to arrive at practice and the last to leave it.
+Send us your own memories of that season and we will share the best ones next Thursday.
+Posted in Throwback Thursday | Leave a comment""",
+    "http://example.net/tag/bullring/": """Bullring Archives - The City Review
+[Skip to content](#content)
+The shopping centre reopened its doors last spring after two years of building work.
+Our reviewer spent a Saturday afternoon among the new cafés, bookshops and market stalls.
+She found the food hall crowded but cheerful, and the prices lower than she had feared.
+Local traders say the new layout brings more visitors to the streets around the centre.
+Read more reviews of shops and restaurants in the city on our tag pages.""",
+    "http://example.it/vendite/appartamento-centro": """Appartamento in vendita nel centro della città
+Proponiamo in vendita un luminoso appartamento al terzo piano di un palazzo storico.
+L'immobile è composto da soggiorno, cucina abitabile, due camere da letto e un bagno con finestra.
+Il riscaldamento è autonomo e le finestre sono state sostituite di recente.
+La zona è ben servita da negozi, scuole e mezzi pubblici.
+Per informazioni e visite contattare la nostra agenzia dal lunedì al venerdì.""",
+    "http://example.jp/diary/entry-3619.html": """写真日記: 河津桜の季節
+朝から晴れていたので、カメラを持って近くの公園まで歩きました。
+池のほとりでは、濃い桃色の花が枝いっぱいに咲いていました。
+小さな鳥が花の蜜を吸いに来て、何枚か良い写真が撮れました。
+昼過ぎには風が冷たくなり、温かいお茶を飲んで体を温めました。
+次の週末には、満開の並木道を撮りに行く予定です。""",
+    "http://example.ru/astrakhan/streets": """Астрахань. Старые улицы и парки
+Астрахань стоит на берегах Волги недалеко от Каспийского моря.
+В старой части города сохранились деревянные дома с резными наличниками.
+Летом жители гуляют по набережной и катаются на лодках по реке.
+Осенью на рынках продают арбузы, рыбу и свежие овощи из окрестных сёл.
+Туристы приезжают сюда, чтобы увидеть кремль и дельту великой реки.""",
+    "http://example.hk/stocks/ipo/upcoming": """新股频道 - 即将上市新股
+本页面列出即将在交易所上市的新股及其招股日期。
+投资者可以查看每家公司的行业、发行价格和认购倍数。
+上市首日的股价往往波动较大，请谨慎投资。
+公司资料来自招股说明书，仅供参考，不构成任何投资建议。
+如需了解更多市场信息，请浏览我们的新闻和研究报告栏目。""",
+}
+
+
+def sample_pages(path: str | os.PathLike | None = None) -> tuple[list[tuple[str, str]], str]:
+    "(pages, what they are): `load_cc_sample(path)` if the sample is there, else the ten stand-in pages."
+    try:
+        return load_cc_sample(path), f"the {SAMPLE_FILE} sample: real Common Crawl pages"
+    except FileNotFoundError as e:
+        if path is not None: raise
+        return list(_STANDIN_PAGES.items()), f"STAND-IN pages written for the course ({e}): numbers differ from the real sample"
 
 # %% ../../nbs/11a_extract.ipynb #2f529e71
 _NAV = ["Home", "About us", "Contact", "Privacy policy", "Log in", "Register"]
