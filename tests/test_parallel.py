@@ -10,7 +10,8 @@ from cs336_nb.model import ModelConfig
 from cs336_nb.parallel import (DDP, FSDP, ShardedOptimizer, WorkerError, activation_bytes_per_layer, bus_bandwidth,
                                collectives_demo, fail_on_rank, launch, pipeline_bubble_fraction, pipeline_check,
                                pipeline_schedule, ring_bytes_per_rank, simulate_schedule, tensor_parallel_check,
-                               training_bytes_per_param, zero_memory_per_gpu)
+                               training_bytes_per_param, zero_bubble_h1_bubble_fraction, zero_bubble_h1_schedule,
+                               zero_memory_per_gpu)
 from cs336_nb.testing import ToyNet, build_model, train_compare, train_compare_many
 
 WRAPPERS = ["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]
@@ -67,6 +68,29 @@ def test_schedules_bubble_and_memory(p, m, kind):
     assert math.isclose(sim["makespan"], (m + p - 1) * 3.0)
     expect = [m] * p if kind == "gpipe" else [min(m, p - s) for s in range(p)]
     assert sim["peak_in_flight"] == expect
+
+
+@pytest.mark.parametrize("p,m", [(2, 1), (2, 4), (4, 4), (4, 8), (3, 5), (8, 16)])
+def test_zero_bubble_schedule(p, m):
+    sched = pipeline_schedule(p, m, "zb-h1")
+    assert sched == zero_bubble_h1_schedule(p, m)
+    for ops in sched:  # every micro-batch once through F, B (input grad) and W (weight grad), in that order
+        assert sorted(ops) == sorted((op, i) for op in "FBW" for i in range(m))
+        assert all(ops.index(("F", i)) < ops.index(("B", i)) < ops.index(("W", i)) for i in range(m))
+    sim = simulate_schedule(sched, 1.0, 2.0, 1.0)
+    one_f_one_b = simulate_schedule(pipeline_schedule(p, m, "1f1b"), 1.0, 2.0)
+    assert max(sim["peak_in_flight"]) <= max(one_f_one_b["peak_in_flight"])
+    assert sim["bubble"] <= one_f_one_b["bubble"]
+    if m >= p:  # the paper's steady-state formula: a third of 1F1B's idle time when F, B and W take as long
+        assert math.isclose(sim["bubble"], zero_bubble_h1_bubble_fraction(p, m))
+        assert math.isclose(sim["makespan"], 3.0 * m + (p - 1))
+
+
+@pytest.mark.parametrize("times", [(2.0, 2.0, 1.0), (1.0, 1.2, 0.8)])
+def test_zero_bubble_formula_unequal_times(times):
+    p, m = 4, 8
+    sim = simulate_schedule(zero_bubble_h1_schedule(p, m), times[0], times[1] + times[2], times[2])
+    assert math.isclose(sim["bubble"], zero_bubble_h1_bubble_fraction(p, m, *times))
 
 
 # ---------------------------------------------------------------- launcher and collectives
@@ -158,6 +182,7 @@ def _wrapped_models_are_freed():
 def _tp_and_pp(rank, ws):
     return dict(tp=tensor_parallel_check(rank, ws, TINY), gpipe=pipeline_check(rank, ws, TINY, kind="gpipe"),
                 onef=pipeline_check(rank, ws, TINY, kind="1f1b", num_microbatches=2, batch_size=4),
+                zb=pipeline_check(rank, ws, TINY, kind="zb-h1", num_microbatches=4, batch_size=4),
                 freed=_wrapped_models_are_freed())
 
 
@@ -167,11 +192,14 @@ def test_tensor_and_pipeline_parallel_match_one_device():
         tp = res[r]["tp"]
         assert tp["logits_diff"] < 1e-5 and tp["loss_diff"] < 1e-5 and tp["grad_diff"] < 1e-6
         assert tp["mlp_params_this_rank"] * 2 == tp["mlp_params_full"]
-        for k in ("gpipe", "onef"):
+        for k in ("gpipe", "onef", "zb"):
             assert res[r][k]["grad_diff"] < 1e-6
     assert res[1]["gpipe"]["loss"] == pytest.approx(res[1]["gpipe"]["ref_loss"], abs=1e-6)
     assert res[0]["gpipe"]["loss"] is None
     assert [op for op, *_ in res[0]["onef"]["timeline"]] == ["F", "F", "B", "B"]
+    assert res[1]["zb"]["loss"] == pytest.approx(res[1]["zb"]["ref_loss"], abs=1e-6)
+    for r in range(2):
+        assert [(op, i) for op, i, *_ in res[r]["zb"]["timeline"]] == zero_bubble_h1_schedule(2, 4)[r]
     assert res[0]["freed"] == {"ddp": True, "ddp_bucketed": True, "fsdp": True}
 
 

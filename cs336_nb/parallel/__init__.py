@@ -12,8 +12,8 @@ __all__ = ['DISABLE_MULTICAST_VAR', 'SAFE_ENV', 'worker_env', 'WorkerError', 'fr
            'Recompute', 'activation_bytes_per_layer', 'FSDP', 'broadcast_module_', 'all_reduce_gradients', 'DDP',
            'ShardedOptimizer', 'optimizer_state_bytes', 'copy_to_tensor_parallel', 'reduce_from_tensor_parallel',
            'TensorParallelSwiGLU', 'tensor_parallelize_mlps_', 'tensor_parallel_check', 'Schedule', 'pipeline_schedule',
-           'simulate_schedule', 'PipelineStage', 'run_pipeline', 'pipeline_check', 'bench_data_parallel', 'bench_fsdp',
-           'bench_all']
+           'simulate_schedule', 'PipelineStage', 'run_pipeline', 'pipeline_check', 'zero_bubble_h1_schedule',
+           'zero_bubble_h1_bubble_fraction', 'bench_data_parallel', 'bench_fsdp', 'bench_all']
 
 # %% ../../nbs/07_parallelism.ipynb #ddea9319
 from .launcher import *
@@ -35,6 +35,6 @@ _all_ = [  # nbdev adds these to `__all__`: `from cs336_nb.parallel import *` ge
     'broadcast_module_', 'all_reduce_gradients', 'DDP', 'ShardedOptimizer', 'optimizer_state_bytes',
     'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU',
     'tensor_parallelize_mlps_', 'tensor_parallel_check', 'Schedule', 'pipeline_schedule', 'simulate_schedule',
-    'PipelineStage', 'run_pipeline', 'pipeline_check',
+    'PipelineStage', 'run_pipeline', 'pipeline_check', 'zero_bubble_h1_schedule', 'zero_bubble_h1_bubble_fraction',
     'bench_data_parallel', 'bench_fsdp', 'bench_all',
 ]

@@ -1,4 +1,4 @@
-"""Megatron's column- and row-parallel MLP with its two all-reduces, and pipeline stages run with the GPipe and 1F1B schedules: their bubble, their memory, and a real run in two processes, each checked against one device.
+"""Megatron's column- and row-parallel MLP with its two all-reduces, and pipeline stages run with the GPipe, 1F1B and zero-bubble (ZB-H1) schedules: their bubble, their memory, and a real run in two processes, each checked against one device.
 
 Docs: https://cs336-nb.github.io/cs336-nb/tensor_pipeline.html.md"""
 
@@ -23,7 +23,8 @@ from ..testing import build_model, loss_of, make_batch  # test helpers: the same
 # %% auto #0
 __all__ = ['Schedule', 'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU',
            'tensor_parallelize_mlps_', 'tensor_parallel_check', 'pipeline_schedule', 'simulate_schedule',
-           'PipelineStage', 'run_pipeline', 'pipeline_check']
+           'PipelineStage', 'run_pipeline', 'pipeline_check', 'zero_bubble_h1_schedule',
+           'zero_bubble_h1_bubble_fraction']
 
 # %% ../../nbs/07c_tensor_pipeline.ipynb #1379cb1b
 class _CopyToTP(torch.autograd.Function):
@@ -111,16 +112,18 @@ def tensor_parallel_check(rank: int, world_size: int, cfg: ModelConfig, *, batch
                 mlp_params_full=sum(p.numel() for n, p in ref.named_parameters() if ".ffn." in n))
 
 # %% ../../nbs/07c_tensor_pipeline.ipynb #76186199
-Schedule = Literal["gpipe", "1f1b"]
+Schedule = Literal["gpipe", "1f1b", "zb-h1"]
 
 
 def pipeline_schedule(num_stages: int, num_microbatches: int, kind: Schedule = "1f1b") -> list[list[tuple[str, int]]]:
-    """Per stage, the order of its work: ('F', i) forward of micro-batch i, ('B', i) backward. GPipe: all forwards,
+    """Per stage, the order of its work: ('F', i) forward of micro-batch i, ('B', i) backward (for "zb-h1", the
+    input-gradient half, and ('W', i) the weight-gradient half: `zero_bubble_h1_schedule`). GPipe: all forwards,
     then all backwards. 1F1B (PipeDream-flush, Narayanan et al. arXiv 2104.04473): stage s runs `p-s-1` warm-up
     forwards, then alternates one forward and one backward, so at most `p-s` micro-batches are in flight."""
     for n, v in dict(num_stages=num_stages, num_microbatches=num_microbatches).items():
         if not isinstance(v, int) or v < 1: raise ValueError(f"{n} must be an int >= 1, got {v!r}")
-    if kind not in ("gpipe", "1f1b"): raise ValueError(f"kind must be 'gpipe' or '1f1b', got {kind!r}")
+    if kind not in ("gpipe", "1f1b", "zb-h1"): raise ValueError(f"kind must be 'gpipe', '1f1b' or 'zb-h1', got {kind!r}")
+    if kind == "zb-h1": return zero_bubble_h1_schedule(num_stages, num_microbatches)   # defined further down
     p, m, out = num_stages, num_microbatches, []
     for s in range(p):
         if kind == "gpipe":
@@ -133,11 +136,16 @@ def pipeline_schedule(num_stages: int, num_microbatches: int, kind: Schedule = "
     return out
 
 # %% ../../nbs/07c_tensor_pipeline.ipynb #fabdf12b
-def simulate_schedule(schedule: list[list[tuple[str, int]]], forward_time: float = 1.0, backward_time: float = 2.0) -> dict:
+def simulate_schedule(schedule: list[list[tuple[str, int]]], forward_time: float = 1.0, backward_time: float = 2.0,
+                      weight_time: float | None = None) -> dict:
     """Run a schedule on an idealised clock (every forward takes `forward_time`, every backward `backward_time`,
     communication free): returns `events` (stage, op, micro-batch, start, end), `makespan`, the measured `bubble`
-    fraction (idle stage-time / total stage-time) and each stage's peak number of micro-batches in flight."""
+    fraction (idle stage-time / total stage-time) and each stage's peak number of micro-batches in flight. A schedule
+    with split backwards ('W' ops) gives `weight_time` (default half the backward) to W and the rest to B; there a
+    micro-batch stays in flight until its W."""
     p = len(schedule)
+    w_time = backward_time / 2 if weight_time is None else weight_time
+    split = [any(op == "W" for op, _ in ops) for ops in schedule]
     done: dict[tuple[str, int, int], float] = {}
     pos, clock, events = [0] * p, [0.0] * p, []
     inflight, peak = [0] * p, [0] * p
@@ -146,13 +154,16 @@ def simulate_schedule(schedule: list[list[tuple[str, int]]], forward_time: float
         for s in range(p):
             if pos[s] >= len(schedule[s]): continue
             op, i = schedule[s][pos[s]]
-            dep = ("F", s - 1, i) if op == "F" and s > 0 else ("B", s + 1, i) if op == "B" and s < p - 1 else ("F", s, i) if op == "B" else None
+            if op == "F": dep = ("F", s - 1, i) if s > 0 else None
+            elif op == "B": dep = ("B", s + 1, i) if s < p - 1 else ("F", s, i)
+            else: dep = ("B", s, i)                                   # W after this stage's B of the same micro-batch
             if dep is not None and dep not in done: continue
             start = max(clock[s], done.get(dep, 0.0))
-            end = start + (forward_time if op == "F" else backward_time)
-            done[(op, s, i)], clock[s] = end, end
-            events.append((s, op, i, start, end)); pos[s] += 1; progressed = True
-            inflight[s] += 1 if op == "F" else -1; peak[s] = max(peak[s], inflight[s])
+            took = {"F": forward_time, "B": backward_time - w_time if split[s] else backward_time, "W": w_time}[op]
+            done[(op, s, i)], clock[s] = start + took, start + took
+            events.append((s, op, i, start, start + took)); pos[s] += 1; progressed = True
+            inflight[s] += 1 if op == "F" else -1 if op == ("W" if split[s] else "B") else 0
+            peak[s] = max(peak[s], inflight[s])
         if not progressed: raise RuntimeError("schedule deadlocks")
     makespan = max(clock)
     busy = sum(e[4] - e[3] for e in events)
@@ -183,17 +194,25 @@ class PipelineStage(nn.Module):
         return x
 
 # %% ../../nbs/07c_tensor_pipeline.ipynb #dbb232ba
+def _recv_like(t: Tensor, src: int) -> Tensor:
+    "Receive a tensor shaped like `t` from rank `src`."
+    g = torch.empty_like(t); dist.recv(g, src=src)
+    return g
+
+
 def run_pipeline(stage: nn.Module, microbatches: list[Tensor] | None, targets: list[Tensor] | None,
                  loss_fn: Callable[[Tensor, Tensor], Tensor], act_shape: tuple[int, ...], *, num_microbatches: int,
                  kind: Schedule = "1f1b", act_dtype: torch.dtype = torch.float32) -> tuple[Tensor | None, list[tuple]]:
     """Execute one training step of a pipeline across the ranks (rank = stage). The first stage needs the input
     `microbatches`, the last the `targets`; activations of shape `act_shape` travel with point-to-point send/recv.
-    Gradients accumulate in the stage's parameters (loss averaged over micro-batches). Returns the mean loss on the
-    last stage (None elsewhere) and this stage's timeline [(op, micro-batch, start, end)] in seconds."""
+    Gradients accumulate in the stage's parameters (loss averaged over micro-batches). For "zb-h1", B computes only
+    the input's gradient (autograd restricted to `inputs=[x]`, graph kept) and W the parameters' later. Returns the
+    mean loss on the last stage (None elsewhere) and this stage's timeline [(op, micro-batch, start, end)] in seconds."""
     rank, ws = world()
     dev = next(stage.parameters()).device
-    sched = pipeline_schedule(ws, num_microbatches, kind)[rank]
-    inputs, outputs, sends, timeline, total = {}, {}, [], [], None
+    params = [p for p in stage.parameters() if p.requires_grad]
+    sched, split = pipeline_schedule(ws, num_microbatches, kind)[rank], kind == "zb-h1"
+    inputs, outputs, out_grads, sends, timeline, total = {}, {}, {}, [], [], None
     t0 = time.perf_counter()
     for op, i in sched:
         start = time.perf_counter() - t0
@@ -208,14 +227,17 @@ def run_pipeline(stage: nn.Module, microbatches: list[Tensor] | None, targets: l
             else:
                 s = y.detach().contiguous(); sends.append((dist.isend(s, dst=rank + 1), s))
             inputs[i], outputs[i] = x, y
-        else:
-            y = outputs.pop(i)
-            if rank == ws - 1: y.backward()
-            else:
-                g = torch.empty_like(y); dist.recv(g, src=rank + 1); y.backward(g)
-            x = inputs.pop(i)
+        elif op == "B":
+            g = None if rank == ws - 1 else _recv_like(outputs[i], rank + 1)   # the last stage's output is the loss
+            if not split: outputs.pop(i).backward(g)
+            elif rank > 0: torch.autograd.backward(outputs[i], g, inputs=[inputs[i]], retain_graph=True)
+            out_grads[i] = g
             if rank > 0:
-                g = x.grad.contiguous(); sends.append((dist.isend(g, dst=rank - 1), g))
+                gx = inputs[i].grad.contiguous(); sends.append((dist.isend(gx, dst=rank - 1), gx))
+            if not split: inputs.pop(i)
+        else:                                                                  # "W": the weights' half, deferred
+            torch.autograd.backward(outputs.pop(i), out_grads.pop(i), inputs=params)
+            inputs.pop(i)
         timeline.append((op, i, start, time.perf_counter() - t0))
     for w, _ in sends: w.wait()
     return total, timeline
@@ -240,3 +262,33 @@ def pipeline_check(rank: int, world_size: int, cfg: ModelConfig, *, num_microbat
     grad_diff = max(float((p.grad - ref_grads[names[id(p)]].grad).abs().max()) for p in stage.parameters())
     return dict(loss=None if loss is None else loss.item(), ref_loss=ref_loss.item(), grad_diff=grad_diff,
                 stage_params=sum(p.numel() for p in stage.parameters()), timeline=timeline)
+
+# %% ../../nbs/07c_tensor_pipeline.ipynb #831b0efd
+def zero_bubble_h1_schedule(num_stages: int, num_microbatches: int) -> list[list[tuple[str, int]]]:
+    """ZB-H1 (Qi et al. arXiv 2401.10241), per stage: ('F', i), ('B', i) input gradient, ('W', i) weight gradient.
+    Stage s: `p-s-1` warm-up forwards, `s` rounds of F+B with their W deferred, then F+B+W rounds, a B+W cool-down,
+    and the `s` deferred W's last."""
+    for n, v in dict(num_stages=num_stages, num_microbatches=num_microbatches).items():
+        if not isinstance(v, int) or v < 1: raise ValueError(f"{n} must be an int >= 1, got {v!r}")
+    p, m, out = num_stages, num_microbatches, []
+    for s in range(p):
+        f = min(p - s - 1, m)
+        ops, b, w = [("F", i) for i in range(f)], 0, 0
+        for _ in range(min(s, m - f)):                      # F + B, the W deferred
+            ops += [("F", f), ("B", b)]; f += 1; b += 1
+        while f < m:                                         # steady state: F + B + W
+            ops += [("F", f), ("B", b), ("W", w)]; f += 1; b += 1; w += 1
+        while b < m:                                         # cool-down: B + W
+            ops += [("B", b), ("W", w)]; b += 1; w += 1
+        ops += [("W", i) for i in range(w, m)]               # the deferred W's fill the last bubble
+        out.append(ops)
+    return out
+
+
+def zero_bubble_h1_bubble_fraction(num_stages: int, num_microbatches: int, forward_time: float = 1.0,
+                                   input_grad_time: float = 1.0, weight_grad_time: float = 1.0) -> float:
+    """Idle fraction of ZB-H1: (p-1)(T_F+T_B-T_W) / ((p-1)(T_F+T_B-T_W) + m(T_F+T_B+T_W)), for m >= p and T_W <= T_F
+    (Qi et al. section 3; 1F1B's (p-1)/(m+p-1) is the same with +T_W in the idle term)."""
+    p, m = num_stages, num_microbatches
+    idle = (p - 1) * (forward_time + input_grad_time - weight_grad_time)
+    return idle / (idle + m * (forward_time + input_grad_time + weight_grad_time))
