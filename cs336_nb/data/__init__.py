@@ -10,16 +10,16 @@ __all__ = ['SAMPLE_FILE', 'load_cc_sample', 'sample_pages', 'page_to_html', 'wri
            'PHONE_TOKEN', 'IP_TOKEN', 'GOPHER_RULES', 'identify_language', 'keep_language', 'mask_emails',
            'mask_phone_numbers', 'mask_ips', 'mask_pii', 'gopher_rules', 'gopher_quality_filter', 'c4_filter',
            'removal_fractions', 'ASSET', 'tokenize_words', 'hash_ngrams', 'FastTextModel', 'QualityClassifier',
-           'quality_training_data', 'quality_heldout_data', 'fasttext_compare', 'train_bundled_quality_classifier',
-           'classify_quality', 'pareto_keep', 'pareto_keep_probability', 'dsir_select', 'MERSENNE_61', 'MAX_HASH_32',
-           'NGRAM_MULTIPLIER', 'MAX_HASH_U32', 'write_atomic', 'exact_line_dedup', 'BloomFilter',
-           'bloom_false_positive_rate', 'optimal_num_hashes', 'normalize_text', 'word_ngrams', 'ngrams_of_words',
-           'shingle_hashes', 'minhash_permutations', 'minhash_signatures', 'fmix64', 'ngram_hashes',
-           'affine_permutations', 'fast_minhash_signatures', 'document_signatures', 'lsh_collision_probability',
-           'lsh_candidates', 'pair_with_jaccard', 'measured_collision_rates', 'jaccard', 'near_duplicate_clusters',
-           'minhash_dedup', 'near_duplicate_corpus', 'Stage', 'language_stage', 'gopher_stage', 'c4_stage', 'pii_stage',
-           'quality_stage', 'default_stages', 'read_documents', 'output_name', 'process_shard', 'PipelineReport',
-           'run_pipeline', 'fail_on']
+           'quality_training_data', 'quality_heldout_data', 'quality_stand_in_data', 'fasttext_compare',
+           'train_bundled_quality_classifier', 'classify_quality', 'pareto_keep', 'pareto_keep_probability',
+           'dsir_select', 'MERSENNE_61', 'MAX_HASH_32', 'NGRAM_MULTIPLIER', 'MAX_HASH_U32', 'write_atomic',
+           'exact_line_dedup', 'BloomFilter', 'bloom_false_positive_rate', 'optimal_num_hashes', 'normalize_text',
+           'word_ngrams', 'ngrams_of_words', 'shingle_hashes', 'minhash_permutations', 'minhash_signatures', 'fmix64',
+           'ngram_hashes', 'affine_permutations', 'fast_minhash_signatures', 'document_signatures',
+           'lsh_collision_probability', 'lsh_candidates', 'pair_with_jaccard', 'measured_collision_rates', 'jaccard',
+           'near_duplicate_clusters', 'minhash_dedup', 'near_duplicate_corpus', 'Stage', 'language_stage',
+           'gopher_stage', 'c4_stage', 'pii_stage', 'quality_stage', 'default_stages', 'read_documents', 'output_name',
+           'process_shard', 'PipelineReport', 'run_pipeline', 'fail_on']
 
 # %% ../../nbs/11_data.ipynb #3ccd5f72
 from .extract import (SAMPLE_FILE, load_cc_sample, sample_pages, page_to_html, write_warc,
@@ -28,8 +28,8 @@ from .filters import (LANGUAGE_THRESHOLD, EMAIL_TOKEN, PHONE_TOKEN, IP_TOKEN, GO
     identify_language, keep_language, mask_emails, mask_phone_numbers, mask_ips, mask_pii, gopher_rules,
     gopher_quality_filter, c4_filter, removal_fractions)
 from .classify import (ASSET, tokenize_words, hash_ngrams, FastTextModel, QualityClassifier,
-    quality_training_data, quality_heldout_data, fasttext_compare, train_bundled_quality_classifier,
-    classify_quality, pareto_keep, pareto_keep_probability, dsir_select)
+    quality_training_data, quality_heldout_data, quality_stand_in_data, fasttext_compare,
+    train_bundled_quality_classifier, classify_quality, pareto_keep, pareto_keep_probability, dsir_select)
 from .dedup import (MERSENNE_61, MAX_HASH_32, NGRAM_MULTIPLIER, MAX_HASH_U32, write_atomic,
     exact_line_dedup, BloomFilter, bloom_false_positive_rate, optimal_num_hashes, normalize_text, word_ngrams,
     ngrams_of_words, shingle_hashes, minhash_permutations, minhash_signatures, fmix64, ngram_hashes,
@@ -45,14 +45,14 @@ _all_ = [  # nbdev adds these to `__all__`: `from cs336_nb.data import *` gets e
     "EMAIL_TOKEN", "PHONE_TOKEN", "IP_TOKEN", "GOPHER_RULES", "identify_language", "keep_language",
     "mask_emails", "mask_phone_numbers", "mask_ips", "mask_pii", "gopher_rules", "gopher_quality_filter",
     "c4_filter", "removal_fractions", "ASSET", "tokenize_words", "hash_ngrams", "FastTextModel",
-    "QualityClassifier", "quality_training_data", "quality_heldout_data", "fasttext_compare",
-    "train_bundled_quality_classifier", "classify_quality", "pareto_keep", "pareto_keep_probability",
-    "dsir_select", "MERSENNE_61", "MAX_HASH_32", "NGRAM_MULTIPLIER", "MAX_HASH_U32", "write_atomic",
-    "exact_line_dedup", "BloomFilter", "bloom_false_positive_rate", "optimal_num_hashes", "normalize_text",
-    "word_ngrams", "ngrams_of_words", "shingle_hashes", "minhash_permutations", "minhash_signatures", "fmix64",
-    "ngram_hashes", "affine_permutations", "fast_minhash_signatures", "document_signatures",
-    "lsh_collision_probability", "lsh_candidates", "pair_with_jaccard", "measured_collision_rates", "jaccard",
-    "near_duplicate_clusters", "minhash_dedup", "near_duplicate_corpus", "Stage", "language_stage",
-    "gopher_stage", "c4_stage", "pii_stage", "quality_stage", "default_stages", "read_documents", "output_name",
-    "process_shard", "PipelineReport", "run_pipeline", "fail_on"
+    "QualityClassifier", "quality_training_data", "quality_heldout_data", "quality_stand_in_data",
+    "fasttext_compare", "train_bundled_quality_classifier", "classify_quality", "pareto_keep",
+    "pareto_keep_probability", "dsir_select", "MERSENNE_61", "MAX_HASH_32", "NGRAM_MULTIPLIER", "MAX_HASH_U32",
+    "write_atomic", "exact_line_dedup", "BloomFilter", "bloom_false_positive_rate", "optimal_num_hashes",
+    "normalize_text", "word_ngrams", "ngrams_of_words", "shingle_hashes", "minhash_permutations",
+    "minhash_signatures", "fmix64", "ngram_hashes", "affine_permutations", "fast_minhash_signatures",
+    "document_signatures", "lsh_collision_probability", "lsh_candidates", "pair_with_jaccard",
+    "measured_collision_rates", "jaccard", "near_duplicate_clusters", "minhash_dedup", "near_duplicate_corpus",
+    "Stage", "language_stage", "gopher_stage", "c4_stage", "pii_stage", "quality_stage", "default_stages",
+    "read_documents", "output_name", "process_shard", "PipelineReport", "run_pipeline", "fail_on"
 ]

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 # %% auto #0
 __all__ = ['ASSET', 'tokenize_words', 'hash_ngrams', 'FastTextModel', 'QualityClassifier', 'quality_training_data',
-           'quality_heldout_data', 'fasttext_compare', 'train_bundled_quality_classifier', 'classify_quality',
-           'pareto_keep', 'pareto_keep_probability', 'dsir_select']
+           'quality_heldout_data', 'quality_stand_in_data', 'fasttext_compare', 'train_bundled_quality_classifier',
+           'classify_quality', 'pareto_keep', 'pareto_keep_probability', 'dsir_select']
 
 # %% ../../nbs/11c_classify.ipynb #c6c2bb2d
 _TOKEN = re.compile(r"\w+")
@@ -176,6 +176,50 @@ def quality_heldout_data(data_dir: str | os.PathLike | None = None) -> tuple[lis
     d = _data_dir(data_dir)
     paras = [p for p in (d / "wiki_reference.txt").read_text().splitlines() if len(p.split()) >= 30]
     return paras + [(d / "low_quality_cc.txt").read_text()], ["wiki"] * len(paras) + ["cc"]
+
+# %% ../../nbs/11c_classify.ipynb #cd446b45
+_WEB_LINES = ["Home | About us | Contact | Log in | Register", "Click here to subscribe to our newsletter!",
+              "Price: ${a}.99 Free shipping on orders over ${b}", "Posted by {user} on {day} {month} | {a} comments",
+              "Tags: {w}, {v}, {u}", "We use cookies to improve your experience. Accept all cookies",
+              "Copyright {year} All rights reserved", "Buy now and save {a}%!!!", "Page {a} of {b} Next » Last »",
+              "Share on Facebook Tweet Pin it", "{a} items in cart - View cart - Checkout",
+              "Best {w} {v} deals online, cheap {w} for sale", "Reply Quote Report #{b}", "Hot {w} {u} - Top {a} list"]
+_WEB_WORDS = "phone case shoes laptop watch sofa lamp bike camera dress hotel flight casino loan pills".split()
+
+
+def _reference_paragraphs() -> list[tuple[str, str]]:
+    "(topic, paragraph) of 30+ words from Python's own documentation (`pydoc_data`), code blocks left out."
+    from pydoc_data.topics import topics
+    out = []
+    for name in sorted(topics):
+        for para in re.split(r"\n\s*\n", topics[name]):
+            lines = para.splitlines()
+            text = " ".join(l.strip() for l in lines)
+            if not any(l.startswith(" ") for l in lines) and len(text.split()) >= 30: out.append((name, text))
+    return out
+
+
+def _web_boilerplate(rng: random.Random, lines: int) -> str:
+    "One generated page of web boilerplate, `lines` lines from the templates."
+    fill = lambda t: t.format(a=rng.randint(2, 99), b=rng.randint(100, 999), user=f"user{rng.randint(1, 9999)}",
+                              day=rng.randint(1, 28), month=rng.choice(["Jan", "Mar", "Jun", "Oct"]),
+                              year=rng.randint(2005, 2024), w=rng.choice(_WEB_WORDS), v=rng.choice(_WEB_WORDS),
+                              u=rng.choice(_WEB_WORDS))
+    return "\n".join(fill(rng.choice(_WEB_LINES)) for _ in range(lines))
+
+
+def quality_stand_in_data(seed: int = 0, heldout_fraction: float = 0.2):
+    "((texts, labels), (heldout_texts, heldout_labels)) without the course data: documentation as 'wiki', generated web boilerplate as 'cc'."
+    rng = random.Random(seed)
+    paras = _reference_paragraphs()
+    topics = sorted({t for t, _ in paras})
+    held = set(topics[int(len(topics) * (1 - heldout_fraction)):])       # the topics that sort last: never trained on
+    wiki = [p for t, p in paras if t not in held]
+    cc = [_web_boilerplate(rng, rng.randint(4, 10)) for _ in wiki]
+    pairs = [(t, "wiki") for t in wiki] + [(t, "cc") for t in cc]
+    rng.shuffle(pairs)
+    ho = [p for t, p in paras if t in held] + [_web_boilerplate(rng, 40)]   # last: a forum-index-like page
+    return ([t for t, _ in pairs], [l for _, l in pairs]), (ho, ["wiki"] * (len(ho) - 1) + ["cc"])
 
 # %% ../../nbs/11c_classify.ipynb #fc218466
 def fasttext_compare(train: tuple[list[str], list[str]], tests: dict[str, tuple[list[str], list[str]]], epochs: int = 5,
