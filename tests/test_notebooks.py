@@ -48,3 +48,40 @@ def test_title_cell_is_title_and_summary_only(nb: Path):
     assert lines[0].startswith("# "), f"{nb.name}: the first markdown cell must start with '# Title'"
     assert len(lines) <= 2 and all(l.startswith(">") for l in lines[1:]), \
         f"{nb.name}: the title cell holds more than '# Title' and one '> summary' line; nbdev drops the rest: {lines[1:4]}"
+
+
+def _code_sources(nb: Path) -> list[str]:
+    import json
+    return ["".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_code_cells_at_most_60_lines(nb: Path):
+    "One idea per cell (CONTRIBUTING.md): a code cell longer than 60 lines is split into named steps."
+    long = [(i, len(s.splitlines())) for i, s in enumerate(_code_sources(nb)) if len(s.splitlines()) > 60]
+    assert not long, f"{nb.name}: code cells over 60 lines, as (code cell index, lines): {long}"
+
+
+_CHECK = __import__("re").compile(r"\b(assert|test_eq|test_close|test_fail|test_ne|test_is|test_warns)\b")
+
+
+def _joined_checks(line: str) -> bool:
+    "Whether `line` holds a check joined to another statement by a top-level ';'."
+    import io, tokenize
+    if ";" not in line or not _CHECK.search(line): return False
+    try: toks = list(tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError): return False  # a line inside a multi-line string
+    return any(t.type == tokenize.OP and t.string == ";" for t in toks)
+
+
+def test_joined_checks_are_found():
+    assert _joined_checks("test_eq(a, 1); test_eq(b, 2)")
+    assert not _joined_checks("test_eq(a, 'x;y')")
+    assert not _joined_checks("x = 1; y = 2")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_one_check_per_line(nb: Path):
+    "Tests beside the code keep one check per line, so a failure names its check (never several joined by ';')."
+    joined = [l.strip() for s in _code_sources(nb) for l in s.splitlines() if _joined_checks(l)]
+    assert not joined, f"{nb.name}: checks joined by ';' (one check per line): {joined[:5]}"
