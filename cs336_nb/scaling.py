@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,9 +22,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['HOFFMANN_GRID', 'PowerLaw', 'fit_power_law', 'load_isoflop_runs', 'IsoFLOPFit', 'isoflops_fit', 'ChinchillaFit',
-           'fit_chinchilla', 'load_chinchilla_runs', 'isoflop_sweep', 'wsd_branches', 'mup_param_groups',
-           'add_mup_readout', 'train_small', 'mup_lr_sweep']
+__all__ = ['HOFFMANN_GRID', 'PowerLaw', 'fit_power_law', 'load_isoflop_runs', 'Parabola', 'fit_parabola', 'profile_optimum',
+           'IsoFLOPFit', 'isoflops_fit', 'ChinchillaFit', 'fit_chinchilla', 'load_chinchilla_runs', 'isoflop_sweep',
+           'wsd_branches', 'mup_param_groups', 'add_mup_readout', 'train_small', 'mup_lr_sweep']
 
 # %% ../nbs/09_scaling_laws.ipynb #09f20f43
 def _positive_array(name: str, x: Any) -> np.ndarray:
@@ -82,13 +83,46 @@ def _by_budget(runs: list[dict]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
     return {c: tuple(np.array(v).T) for c, v in sorted(groups.items())}
 
 # %% ../nbs/09_scaling_laws.ipynb #dfbccb12
-def _optimum(n: np.ndarray, loss: np.ndarray, method: str) -> float:
-    "N_opt of one IsoFLOP profile: the lowest run, or the vertex of a parabola in log N."
-    if method == "lowest": return float(n[np.argmin(loss)])
-    if len(np.unique(n)) < 3: raise ValueError("a parabola needs at least 3 distinct model sizes per budget")
-    p2, p1, _ = np.polyfit(np.log(n), loss, 2)
-    if p2 <= 0: raise ValueError("the profile is not convex in log N: no minimum")
-    return float(np.exp(-p1 / (2 * p2)))
+@dataclass(frozen=True)
+class Parabola:
+    "loss = p2 x^2 + p1 x + p0 in the standardized coordinate x = (log N - mu) / sd, which keeps the fit well conditioned."
+    mu: float                   # mean of log N over the profile's runs
+    sd: float                   # standard deviation of log N (1 when all sizes are equal)
+    p2: float                   # curvature: a minimum needs p2 > 0
+    p1: float
+    p0: float
+
+    def __call__(self, n):
+        x = (np.log(np.asarray(n, dtype=np.float64)) - self.mu) / self.sd
+        return self.p2 * x ** 2 + self.p1 * x + self.p0
+
+    @property
+    def log_vertex(self) -> float:
+        "log N at the vertex (a minimum only when p2 > 0)."
+        return self.mu - self.sd * self.p1 / (2 * self.p2) if self.p2 != 0 else math.nan
+
+def fit_parabola(n: np.ndarray, loss: np.ndarray) -> Parabola:
+    "Least-squares parabola of `loss` in log N (at least 3 distinct sizes), fitted in standardized coordinates."
+    log_n = np.log(np.asarray(n, dtype=np.float64))
+    if len(np.unique(log_n)) < 3: raise ValueError("a parabola needs at least 3 distinct model sizes per budget")
+    mu, sd = float(log_n.mean()), float(log_n.std())
+    p2, p1, p0 = np.polyfit((log_n - mu) / sd, loss, 2)
+    return Parabola(mu, sd, float(p2), float(p1), float(p0))
+
+def profile_optimum(n: np.ndarray, loss: np.ndarray, method: str) -> tuple[float, str]:
+    """N_opt of one IsoFLOP profile and how it was found: 'parabola' (the vertex, a minimum inside the sampled sizes),
+    'lowest' (method 1's lowest-loss run, inside), or a reason the minimum is not located, with the lowest run as
+    N_opt: 'edge' (the minimum lies at or beyond the smallest or largest size), 'concave' (no minimum: p2 <= 0),
+    'few sizes' (fewer than 3 distinct sizes for a parabola)."""
+    n, loss = np.asarray(n, dtype=np.float64), np.asarray(loss, dtype=np.float64)
+    i = int(np.argmin(loss))
+    lowest, at_edge = float(n[i]), n[i] in (n.min(), n.max())
+    if method == "lowest": return lowest, "edge" if at_edge else "lowest"
+    if len(np.unique(n)) < 3: return lowest, "few sizes"
+    par = fit_parabola(n, loss)
+    if par.p2 <= 0: return lowest, "concave"
+    if not np.log(n.min()) < par.log_vertex < np.log(n.max()): return lowest, "edge"
+    return float(np.exp(par.log_vertex)), "parabola"
 
 # %% ../nbs/09_scaling_laws.ipynb #805a8613
 @dataclass
@@ -97,8 +131,15 @@ class IsoFLOPFit:
     method: str                 # "lowest" or "parabola"
     budgets: np.ndarray         # the compute budgets C (FLOPs), ascending
     n_opt: np.ndarray           # the optimal model size found at each budget
-    law: PowerLaw               # N_opt(C), fitted to (budgets, n_opt)
+    law: PowerLaw               # N_opt(C), fitted to (budgets[used], n_opt[used])
     boot: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))  # (n_bootstrap, 2): k, a of each resample
+    status: tuple = ()          # per budget: how n_opt was found ('parabola', 'lowest', 'edge', 'concave', 'few sizes')
+    used: np.ndarray | None = None   # per budget: whether it entered the power law
+    boot_fallback: float = 0.0  # fraction of resampled profiles whose parabola had no inside minimum (lowest run used)
+
+    def __post_init__(self):
+        if self.used is None: self.used = np.ones(len(self.budgets), dtype=bool)
+        if not self.status: self.status = (self.method,) * len(self.budgets)
 
     @property
     def a(self) -> float: return self.law.a
@@ -106,6 +147,10 @@ class IsoFLOPFit:
     def b(self) -> float: return 1.0 - self.law.a
     @property
     def d_opt(self) -> np.ndarray: return self.budgets / (6 * self.n_opt)
+    @property
+    def located(self) -> np.ndarray:
+        "Per budget: whether its minimum lies inside the sampled sizes (status 'parabola' or 'lowest')."
+        return np.array([s in ("parabola", "lowest") for s in self.status])
 
     def params(self, C): return self.law(C)
     def tokens(self, C): return np.asarray(C, dtype=np.float64) / (6 * self.params(C))
@@ -119,37 +164,61 @@ class IsoFLOPFit:
         q = 100 * (1 - level) / 2
         return float(np.percentile(v, q)), float(np.percentile(v, 100 - q))
 
+    def exponent_interval(self, level: float = 0.95) -> tuple[float, float]:
+        "Bootstrap percentile interval of the exponent a."
+        if len(self.boot) == 0: raise ValueError("no bootstrap samples: fit with n_bootstrap > 0")
+        q = 100 * (1 - level) / 2
+        return float(np.percentile(self.boot[:, 1], q)), float(np.percentile(self.boot[:, 1], 100 - q))
+
 # %% ../nbs/09_scaling_laws.ipynb #6a74ca2d
-def _boot_optima(n: np.ndarray, loss: np.ndarray, method: str, idx: np.ndarray) -> np.ndarray:
-    "N_opt of each resample `idx` (B, len(n)) of one profile, vectorized; NaN where a parabola has no minimum."
+def _boot_optima(n: np.ndarray, loss: np.ndarray, method: str, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "N_opt of each resample `idx` (B, len(n)) of one profile, vectorized, by `profile_optimum`'s rules; and where the lowest run stood in."
     nb, lb = n[idx], loss[idx]                                   # (B, n)
-    if method == "lowest": return nb[np.arange(len(idx)), lb.argmin(1)]
-    x = np.log(nb)
+    lowest = nb[np.arange(len(idx)), lb.argmin(1)]               # (B,)
+    if method == "lowest" or len(np.unique(n)) < 3: return lowest, np.full(len(idx), method != "lowest")
+    par = fit_parabola(n, loss)                                  # the full profile's standardization
+    x = (np.log(nb) - par.mu) / par.sd                           # (B, n), of order 1
     X = np.stack([x ** 2, x, np.ones_like(x)], -1)               # (B, n, 3)
     XtX, Xty = X.transpose(0, 2, 1) @ X, (X.transpose(0, 2, 1) @ lb[..., None])[..., 0]
     ok = (np.diff(np.sort(nb, 1), axis=1) > 0).sum(1) >= 2      # 3 or more distinct sizes
     p = np.full((len(idx), 3), np.nan)
     p[ok] = np.linalg.solve(XtX[ok], Xty[ok][..., None])[..., 0]  # least squares via the normal equations
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(p[:, 0] > 0, np.exp(-p[:, 1] / (2 * p[:, 0])), np.nan)
+        xv = -p[:, 1] / (2 * p[:, 0])                            # the vertex, standardized
+        inside = ok & (p[:, 0] > 0) & (xv > x.min(1)) & (xv < x.max(1))
+    return np.where(inside, np.exp(par.mu + par.sd * np.where(inside, xv, 0.0)), lowest), ~inside
 
 # %% ../nbs/09_scaling_laws.ipynb #85731afe
 def isoflops_fit(runs: str | os.PathLike | Iterable[dict], method: str = "parabola", *, n_bootstrap: int = 1000,
-                 seed: int = 0) -> IsoFLOPFit:
-    "Fit N_opt = k C^a to the optimum of each IsoFLOP profile (method 'lowest' or 'parabola'); bootstrap by resampling runs within each budget."
+                 seed: int = 0, on_unlocated: str = "lowest") -> IsoFLOPFit:
+    """Fit N_opt = k C^a to the optimum of each IsoFLOP profile (method 'lowest' or 'parabola'); bootstrap by resampling
+    runs within each budget. A budget whose minimum is not inside its sampled sizes (`profile_optimum`: 'edge',
+    'concave', 'few sizes') warns and then, by `on_unlocated`: 'lowest' keeps its lowest run as N_opt (a bound, not a
+    minimum), 'drop' leaves it out of the power law, 'raise' raises a ValueError."""
     if method not in ("lowest", "parabola"): raise ValueError(f"method must be 'lowest' or 'parabola', got {method!r}")
+    if on_unlocated not in ("lowest", "drop", "raise"): raise ValueError(f"on_unlocated must be 'lowest', 'drop' or 'raise', got {on_unlocated!r}")
     if n_bootstrap < 0: raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
     groups = _by_budget(load_isoflop_runs(runs))
     if len(groups) < 2: raise ValueError(f"need runs at 2 or more compute budgets to fit a power law, got {len(groups)}")
     budgets = np.array(list(groups))
-    n_opt = np.array([_optimum(n, l, method) for n, l in groups.values()])
+    n_opt, status = zip(*(profile_optimum(n, l, method) for n, l in groups.values()))
+    bad = [f"{c:.3g} ({s})" for c, s in zip(budgets, status) if s not in ("parabola", "lowest")]
+    if bad:
+        msg = (f"IsoFLOP budget(s) {', '.join(bad)}: the minimum is not inside the sampled model sizes; "
+               "sample sizes on both sides of the optimum")
+        if on_unlocated == "raise": raise ValueError(msg)
+        warnings.warn(msg + ("; those budgets are left out of the fit" if on_unlocated == "drop" else "; their lowest run stands in"), stacklevel=2)
+    used = np.array([on_unlocated != "drop" or s in ("parabola", "lowest") for s in status])
+    if used.sum() < 2: raise ValueError(f"only {used.sum()} budget(s) with a located minimum: need 2 to fit a power law")
     rng = np.random.default_rng(seed)
-    opt = np.stack([_boot_optima(n, l, method, rng.integers(0, len(n), (n_bootstrap, len(n)))) for n, l in groups.values()], 1)
-    opt = opt[np.isfinite(opt).all(1)]                           # drop resamples where some profile has no minimum
-    lx, ly = np.log(budgets), np.log(opt)                        # one least-squares line per resample
+    res = [_boot_optima(n, l, method, rng.integers(0, len(n), (n_bootstrap, len(n)))) for n, l in groups.values()]
+    opt = np.stack([o for o, _ in res], 1)[:, used]              # (n_bootstrap, used budgets)
+    fell = float(np.mean([f.mean() for (_, f), u in zip(res, used) if u])) if n_bootstrap else 0.0
+    lx, ly = np.log(budgets[used]), np.log(opt)                  # one least-squares line per resample
     slope = ((lx - lx.mean()) * (ly - ly.mean(1, keepdims=True))).sum(1) / ((lx - lx.mean()) ** 2).sum()
     boot = np.stack([np.exp(ly.mean(1) - slope * lx.mean()), slope], 1)
-    return IsoFLOPFit(method, budgets, n_opt, fit_power_law(budgets, n_opt), boot)
+    n_opt = np.array(n_opt)
+    return IsoFLOPFit(method, budgets, n_opt, fit_power_law(budgets[used], n_opt[used]), boot, tuple(status), used, fell)
 
 # %% ../nbs/09_scaling_laws.ipynb #63d9347d
 def _lse_huber(p: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray, delta: float):

@@ -1,14 +1,15 @@
 "Heavier checks of cs336_nb.scaling (Lecture 9): power laws, IsoFLOP fits, the Chinchilla parametric fit, WSD branches, muP."
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cs336_nb.scaling import (ChinchillaFit, add_mup_readout, fit_chinchilla, fit_power_law, isoflop_sweep, isoflops_fit,
-                              load_chinchilla_runs, load_isoflop_runs, mup_param_groups, wsd_branches)
+from cs336_nb.scaling import (ChinchillaFit, add_mup_readout, fit_chinchilla, fit_parabola, fit_power_law, isoflop_sweep, isoflops_fit,
+                              load_chinchilla_runs, load_isoflop_runs, mup_param_groups, profile_optimum, wsd_branches)
 
 DATA = Path(os.environ.get("CS336_DATA", "")) if os.environ.get("CS336_DATA") else None
 needs_data = pytest.mark.skipif(DATA is None or not (DATA / "chinchilla_epoch_extracted.csv").exists(),
@@ -51,10 +52,88 @@ def test_isoflops_fit_recovers_exponent(a_true, method, tol):
     assert np.isclose(6 * f.params(C) * f.tokens(C), C)
 
 
+SIZES = np.logspace(6, 9, 7)
+
+
+def _bowl(n, n_star, curvature=0.05):
+    "A convex IsoFLOP profile in log N with its minimum at n_star."
+    return 3 + curvature * np.log(n / n_star) ** 2
+
+
+@pytest.mark.parametrize("profile,status,n_opt", [
+    (_bowl(SIZES, 3e7), "parabola", 3e7),                     # convex, minimum inside
+    (-_bowl(SIZES, 3e7), "concave", SIZES[-1]),               # a maximum: the lowest run (the end farther from 3e7) stands in
+    (_bowl(SIZES, 1e11), "edge", SIZES[-1]),                  # the minimum is past the largest size
+    (_bowl(SIZES, 1e4), "edge", SIZES[0]),                    # ... or before the smallest
+    (3 - 1e-3 * np.log(SIZES) + 1e-9 * np.log(SIZES) ** 2, "edge", SIZES[-1]),   # nearly flat: the vertex at N ~ e^500000
+])
+def test_profile_optimum_classifies(profile, status, n_opt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # no overflow warnings
+        got, how = profile_optimum(SIZES, profile, "parabola")
+    assert how == status
+    assert np.isclose(got, n_opt, rtol=1e-9)
+
+
+def test_profile_optimum_noisy_and_few_sizes():
+    rng = np.random.default_rng(0)
+    errs = [np.log(profile_optimum(SIZES, _bowl(SIZES, 3e7) + rng.normal(0, 0.002, SIZES.size), "parabola")[0] / 3e7) for _ in range(50)]
+    assert np.abs(errs).max() < 0.3
+    assert abs(np.mean(errs)) < 0.05
+    assert profile_optimum(SIZES[:2], _bowl(SIZES[:2], 3e7), "parabola")[1] == "few sizes"
+    assert profile_optimum(SIZES, _bowl(SIZES, 3e7), "lowest")[1] == "lowest"
+
+
+def test_parabola_is_scale_free():
+    "Standardized coordinates: the same profile at N 1e12 times larger gives the same curvature and a vertex shifted by 1e12."
+    small, big = fit_parabola(SIZES, _bowl(SIZES, 3e7)), fit_parabola(SIZES * 1e12, _bowl(SIZES, 3e7))
+    assert np.isclose(small.p2, big.p2)
+    assert np.isclose(big.log_vertex - small.log_vertex, np.log(1e12))
+
+
+def _with_far_budget(a_true=0.5):
+    "Synthetic profiles plus one budget (1e23) whose optimum lies beyond the sampled sizes."
+    far = [dict(parameters=float(n), compute_budget=1e23, final_loss=2 + 0.1 * (np.log(n) - np.log(0.05 * 1e23 ** a_true)) ** 2)
+           for n in np.logspace(5, 9, 21)]
+    return _synthetic_profiles(a_true) + far
+
+
+@pytest.mark.parametrize("method", ["parabola", "lowest"])
+def test_isoflops_unlocated_minimum_warns_and_falls_back(method):
+    with pytest.warns(UserWarning, match=r"1e\+23 \(edge\)"):
+        f = isoflops_fit(_with_far_budget(), method, n_bootstrap=20)
+    assert f.status[-1] == "edge"
+    assert not f.located[-1]
+    assert f.n_opt[-1] == 1e9                                   # the lowest run (the largest size) stands in
+    assert f.used.all()
+
+
+def test_isoflops_drop_and_raise():
+    with pytest.warns(UserWarning, match="left out"):
+        f = isoflops_fit(_with_far_budget(), "parabola", n_bootstrap=50, on_unlocated="drop")
+    assert f.used.tolist() == [True, True, True, True, False]
+    assert abs(f.a - 0.5) < 1e-6
+    with pytest.raises(ValueError, match="not inside the sampled"):
+        isoflops_fit(_with_far_budget(), n_bootstrap=0, on_unlocated="raise")
+    with pytest.raises(ValueError, match="on_unlocated"):
+        isoflops_fit(_with_far_budget(), n_bootstrap=0, on_unlocated="ignore")
+
+
+def test_isoflops_concave_budget_and_bootstrap_fallback():
+    runs = _synthetic_profiles(0.5) + [dict(parameters=float(n), compute_budget=1e21, final_loss=float(4 - 0.01 * (np.log(n) - 20) ** 2))
+                                       for n in np.logspace(5, 12, 9)]
+    with pytest.warns(UserWarning, match="concave"):
+        f = isoflops_fit(runs, "parabola", n_bootstrap=100)
+    assert f.status[-1] == "concave"
+    assert 0 < f.boot_fallback < 1                            # the concave budget's resamples fall back, the others do not
+    assert np.isfinite(f.boot).all()
+
+
 def test_isoflops_bootstrap_covers_truth():
     f = isoflops_fit(_synthetic_profiles(0.5, noise=0.005), "parabola", n_bootstrap=300, seed=1)
     lo, hi = np.percentile(f.boot[:, 1], [2.5, 97.5])
-    assert lo < 0.5 < hi and hi - lo < 0.1
+    assert lo < 0.5 < hi
+    assert hi - lo < 0.1
     lo, hi = f.interval(1e22)
     assert lo < 0.05 * 1e22 ** 0.5 < hi
 
@@ -64,7 +143,8 @@ def test_isoflops_on_course_data_path_and_records_agree():
     path = DATA / "isoflops_curves.json"
     by_path, by_records = isoflops_fit(path, n_bootstrap=0), isoflops_fit(json.loads(path.read_text()), n_bootstrap=0)
     assert by_path.a == by_records.a
-    assert 0.45 < by_path.a < 0.55 and len(by_path.budgets) == 9
+    assert 0.45 < by_path.a < 0.55
+    assert len(by_path.budgets) == 9
 
 
 @pytest.mark.parametrize("runs,msg", [
@@ -88,7 +168,8 @@ def test_chinchilla_recovers_synthetic(true):
     N, D = (g.ravel() for g in np.meshgrid(np.logspace(7.5, 10.5, 9), np.logspace(9, 12, 9)))
     loss = true(N, D) * np.exp(np.random.default_rng(0).normal(0, 0.001, N.size))
     fit = fit_chinchilla(N, D, loss, n_starts=8)
-    assert abs(fit.alpha - true.alpha) < 0.01 and abs(fit.beta - true.beta) < 0.01
+    assert abs(fit.alpha - true.alpha) < 0.01
+    assert abs(fit.beta - true.beta) < 0.01
     assert abs(fit.E - true.E) < 0.02
     assert abs(fit.a - true.a) < 0.01
 
@@ -112,9 +193,12 @@ def test_chinchilla_fit_agrees_with_published_replication():
     assert fit.n_points == 240
     # tolerance: E within 0.01, exponents within 0.005, A and B within 10% (Besiroglu et al.'s SEs: 0.03, 0.02, 26%, 62%)
     assert abs(fit.E - BESIROGLU.E) < 0.01
-    assert abs(fit.alpha - BESIROGLU.alpha) < 0.005 and abs(fit.beta - BESIROGLU.beta) < 0.005
-    assert abs(np.log(fit.A / BESIROGLU.A)) < 0.1 and abs(np.log(fit.B / BESIROGLU.B)) < 0.1
-    assert 15 < fit.tokens_per_param(5.76e23) < 25 and HOFFMANN.tokens_per_param(5.76e23) > 40   # the rounded paper values disagree
+    assert abs(fit.alpha - BESIROGLU.alpha) < 0.005
+    assert abs(fit.beta - BESIROGLU.beta) < 0.005
+    assert abs(np.log(fit.A / BESIROGLU.A)) < 0.1
+    assert abs(np.log(fit.B / BESIROGLU.B)) < 0.1
+    assert 15 < fit.tokens_per_param(5.76e23) < 25
+    assert HOFFMANN.tokens_per_param(5.76e23) > 40            # the rounded paper values disagree
     assert fit.objective < fit_chinchilla(r["N"], r["D"], r["loss"], exclude_highest=5, n_starts=1, grid=dict(a=[0.0], b=[0.0], e=[0.0], alpha=[0.0], beta=[0.0])).objective + 1e-9
 
 
@@ -141,8 +225,10 @@ def test_mup_groups_and_readout():
     groups = mup_param_groups(m, 32, 1e-2, weight_decay=0.1)
     assert [g["lr_mult"] for g in groups] == [0.25, 1.0, 1.0]
     hidden = {id(p) for p in groups[0]["params"]}
-    assert id(m.lm_head.weight) not in hidden and id(m.token_embeddings.weight) not in hidden
-    assert id(m.layers[0].attn.q_proj.weight) in hidden and id(m.layers[0].ffn.w1.weight) in hidden
+    assert id(m.lm_head.weight) not in hidden
+    assert id(m.token_embeddings.weight) not in hidden
+    assert id(m.layers[0].attn.q_proj.weight) in hidden
+    assert id(m.layers[0].ffn.w1.weight) in hidden
     assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
     x = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
@@ -165,7 +251,8 @@ def test_mup_coordinate_check():
             out = m(x); (out.logsumexp(-1).mean() - out[..., 0].mean()).backward(); opt.step(); opt.zero_grad()
         with torch.no_grad(): return (m(x) - f0).abs().mean().item()
     sp, mu = change(256, False) / change(32, False), change(256, True) / change(32, True)
-    assert sp > 4 and mu < 1.5       # 8x wider: SP's update grows about as fast as the width, muP's does not grow
+    assert sp > 4                    # 8x wider: SP's update grows about as fast as the width,
+    assert mu < 1.5                  # muP's does not grow
 
 
 @pytest.fixture(scope="module")
