@@ -126,3 +126,73 @@ def test_matmul_throughput_cpu_smoke():
     rows = matmul_throughput([32, 64], ("fp32",), device="cpu", warmup=1, reps=2)
     assert [r["n"] for r in rows] == [32, 64] and all(r["flops_per_s"] > 0 for r in rows)
     with pytest.raises(ValueError, match="format"): matmul_throughput([8], ("int4",), device="cpu")
+
+
+def test_published_shapes_build_and_count_like_configs():
+    from cs336_nb.accounting import ModelShape
+    for cfg, _, _ in REAL_MODELS.values():
+        assert isinstance(cfg, ModelShape)
+    for cfg in GPT3_FAMILY.values():
+        assert cfg.num_params() == param_counts(cfg)["total"]
+    small = GPT3_FAMILY["125M"].replace(context_length=64, vocab_size=100)
+    m = TransformerLM.from_config(small)
+    assert sum(p.numel() for p in m.parameters()) == small.num_params()
+    assert small.num_params(include_embeddings=False) == m.num_params(include_embeddings=False)
+    with pytest.raises(ValueError, match="divisible"):
+        ModelShape(d_model=100, num_heads=3)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(norm="layer"), dict(qk_norm=True), dict(sliding_window=8, global_every=2)])
+def test_norm_flops_are_an_extra_entry(kw):
+    cfg = _cfg(**kw)
+    plain, with_norms = flops_per_token(cfg), flops_per_token(cfg, norms=True)
+    assert with_norms["total"] == plain["total"] + with_norms["norms"]
+    assert "norms" not in plain
+    per_norm = (4 if cfg.norm == "rms" else 7) * cfg.d_model
+    qk = cfg.num_layers * 4 * cfg.d_head * (cfg.num_heads + cfg.kv_heads) if cfg.qk_norm else 0
+    assert with_norms["norms"] == (2 * cfg.num_layers + 1) * per_norm + qk
+    assert with_norms["norms"] / with_norms["total"] < 0.01
+
+
+def test_sliding_window_attention_flops_match_flop_counter():
+    torch.manual_seed(0)
+    cfg = _cfg(sliding_window=8, global_every=2, attn_backend="naive")
+    m = TransformerLM.from_config(cfg)
+    with FlopCounterMode(display=False) as fc:
+        m(torch.randint(0, cfg.vocab_size, (1, 32)))
+    full = flops_per_token(cfg.replace(sliding_window=None, global_every=None))
+    # FlopCounterMode counts the full T x T matmuls of a masked kernel; the windowed count is the work a banded kernel needs
+    assert fc.get_total_flops() == 32 * full["total"]
+    assert flops_per_token(cfg)["attention_scores"] == pytest.approx(full["attention_scores"] * (8 + 32) / (2 * 32))
+
+
+def test_training_memory_terms_of_a_stack_of_linears():
+    from cs336_nb.accounting import training_memory_terms
+    torch.manual_seed(0)
+    B, D, L = 3, 8, 3
+    model = torch.nn.Sequential(*[torch.nn.Linear(D, D, bias=False) for _ in range(L)], torch.nn.Linear(D, 1, bias=False))
+    P = sum(p.numel() for p in model.parameters())
+    x = torch.randn(B, D)
+    loss, saved = saved_activation_bytes(lambda: model(x).mean(), exclude=model.parameters())
+    assert saved == B * D * (L + 1) * 4          # every linear layer keeps its input
+    opt = torch.optim.Adam(model.parameters())
+    loss.backward()
+    opt.step()
+    state = sum(t.numel() for st in opt.state.values() for k, t in st.items() if k != "step")
+    terms = training_memory_terms(P, B * D * (L + 1), optimizer="adam")
+    assert terms["optimizer_state"] == state * 4
+    assert terms["gradients"] == sum(p.grad.numel() for p in model.parameters()) * 4
+    assert terms["total"] == terms["parameters"] + terms["activations"] + terms["gradients"] + terms["optimizer_state"]
+    with pytest.raises(ValueError, match="optimizer"):
+        training_memory_terms(1, 1, optimizer="lion")
+
+
+def test_measuring_functions_take_a_model_not_a_config():
+    from cs336_nb.accounting import measure_training_step_memory, time_training_step
+    cfg = _cfg()
+    ids = torch.randint(0, cfg.vocab_size, (2, 16))
+    with pytest.raises(TypeError, match="build_model"):
+        measure_training_step_memory(cfg, ids, make_optimizer=torch.optim.SGD)
+    with pytest.raises(TypeError, match="nn.Module"):
+        time_training_step(cfg, ids)
+    assert time_training_step(TransformerLM.from_config(cfg), ids, warmup=0, reps=1) > 0

@@ -216,3 +216,80 @@ def test_later_backends_load_by_name():
             "assert (m(x) - ref(x)).abs().max() < 1e-4\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+@pytest.mark.parametrize("window", [1, 3, 64])
+def test_sliding_window_matches_masked_reference(backend, window):
+    "A sliding-window layer equals attention written out with the band mask (keys p - window + 1 .. p), GQA included."
+    torch.manual_seed(0)
+    mha = MultiHeadSelfAttention(32, 4, num_kv_heads=2, max_seq_len=64, theta=10000.0, attn_backend=backend, sliding_window=window)
+    x = torch.randn(2, 20, 32)
+    q = mha.rope(mha.q_proj(x).view(2, 20, 4, 8).transpose(1, 2), torch.arange(20))
+    k = mha.rope(mha.k_proj(x).view(2, 20, 2, 8).transpose(1, 2), torch.arange(20)).repeat_interleave(2, 1)
+    v = mha.v_proj(x).view(2, 20, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+    i, j = torch.arange(20)[:, None], torch.arange(20)[None, :]
+    band = (j <= i) & (j > i - window)
+    ref = torch.softmax((q @ k.mT / math.sqrt(8)).masked_fill(~band, float("-inf")), -1) @ v
+    expected = mha.output_proj(ref.transpose(1, 2).reshape(2, 20, 32))
+    torch.testing.assert_close(mha(x), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa"])
+def test_hybrid_local_global_model_and_cached_decode(backend):
+    torch.manual_seed(0)
+    cfg = _tiny(num_layers=4, sliding_window=5, global_every=2, num_kv_heads=2, attn_backend=backend)
+    assert cfg.layer_windows() == [5, None, 5, None]
+    m = TransformerLM.from_config(cfg).eval()
+    assert [layer.attn.sliding_window for layer in m.layers] == [5, None, 5, None]
+    ids = torch.randint(0, cfg.vocab_size, (2, 30))
+    cache = m.make_kv_cache(2, 40)
+    prefill = m(ids[:, :20], kv_cache=cache)
+    torch.testing.assert_close(prefill, m(ids[:, :20]), atol=1e-5, rtol=1e-4)
+    for t in range(20, 30):  # decode token by token: the cached mask keeps the window
+        step = m(ids[:, t:t + 1], kv_cache=cache)[:, -1]
+        torch.testing.assert_close(step, m(ids[:, :t + 1])[:, -1], atol=1e-5, rtol=1e-4)
+    full = TransformerLM.from_config(cfg.replace(sliding_window=cfg.context_length))  # a window of the whole context
+    full.load_state_dict(m.state_dict())
+    glob = TransformerLM.from_config(cfg.replace(sliding_window=None, global_every=None))
+    glob.load_state_dict(m.state_dict())
+    torch.testing.assert_close(full(ids), glob(ids), atol=1e-5, rtol=1e-4)
+
+
+def test_sliding_window_needs_a_backend_that_masks_it(monkeypatch):
+    import cs336_nb.model as M
+    monkeypatch.setitem(M._ATTENTION_BACKENDS, "global_only_test", lambda q, k, v, is_causal: F.scaled_dot_product_attention(q, k, v, is_causal=is_causal))
+    mha = MultiHeadSelfAttention(16, 2, sliding_window=4, attn_backend="global_only_test")
+    with pytest.raises(ValueError, match="no sliding-window mask"):
+        mha(torch.randn(1, 6, 16))
+    with pytest.raises(ValueError, match="sliding_window"):
+        ModelConfig.tiny(global_every=2)
+    with pytest.raises(ValueError, match="sliding_window"):
+        MultiHeadSelfAttention(16, 2, sliding_window=0)
+
+
+def test_model_config_extends_lecture2_shape_in_positional_order():
+    from dataclasses import fields
+    from cs336_nb.accounting import REAL_MODELS, ModelShape
+    shape_fields = [f.name for f in fields(ModelShape)]
+    assert [f.name for f in fields(ModelConfig)][:len(shape_fields)] == shape_fields
+    values = (97, 64, 64, 2, 4, 160, None, 2, True, 30.0, "layer", "post", "gelu", True, "sdpa")
+    assert ModelConfig(*values) == ModelConfig(**dict(zip([f.name for f in fields(ModelConfig)], values)))
+    shape = REAL_MODELS["Mistral 7B"][0].replace(context_length=64, num_layers=1, d_model=64, num_heads=4, num_kv_heads=2, d_ff=96, vocab_size=50)
+    m = TransformerLM.from_config(shape)
+    assert m.config == ModelConfig(**shape.to_dict())
+    assert m.num_params() == shape.num_params()
+
+
+def test_modules_import_only_earlier_lectures():
+    "Lecture 2 (accounting) imports Lecture 0 only; Lecture 3 (model) Lectures 0 and 2: later lectures are found by name."
+    import ast, pathlib
+    import cs336_nb
+    root = pathlib.Path(cs336_nb.__file__).parent
+    def imported(name):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        mods = {("cs336_nb." if n.level else "") + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return {m.split(".")[1] for m in mods if m.startswith("cs336_nb.")}
+    assert imported("accounting") == {"core"}
+    assert imported("model") == {"accounting"}
