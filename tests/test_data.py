@@ -9,7 +9,7 @@ import pytest
 from cs336_nb.data import (BloomFilter, QualityClassifier, Stage, affine_permutations, bloom_false_positive_rate, c4_filter,
                            classify_quality, decode_html, default_stages, document_signatures, exact_line_dedup,
                            extract_text, fail_on, fast_minhash_signatures, gopher_quality_filter, near_duplicate_clusters,
-                           near_duplicate_corpus, ngram_hashes, ngrams_of_words,
+                           near_duplicate_corpus, ngram_hashes, ngrams_of_words, quality_stand_in_data, sample_pages,
                            gopher_rules, identify_language, iter_warc, jaccard, lsh_candidates, lsh_collision_probability,
                            mask_emails, mask_ips, mask_phone_numbers, measured_collision_rates, minhash_dedup,
                            minhash_permutations, minhash_signatures, naive_strip_tags, normalize_text, pareto_keep,
@@ -223,6 +223,19 @@ def test_bloom_filter(k):
 
 
 # ---------------------------------------------------------------- classifier
+def test_stand_ins_without_course_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("CS336_DATA", raising=False)
+    pages, source = sample_pages()
+    assert source.startswith("STAND-IN")
+    assert [identify_language(t)[0] for _, t in pages] == ["ja", "ja", "es", "it", "en", "en", "it", "ja", "ru", "zh"]
+    with pytest.raises(FileNotFoundError): sample_pages(tmp_path / "missing.txt")     # an explicit path must exist
+    (texts, labels), (held, held_labels) = quality_stand_in_data()
+    assert set(labels) == {"wiki", "cc"}
+    assert labels.count("wiki") == labels.count("cc")
+    assert held_labels[-1] == "cc"
+    assert not set(held) & set(texts)                                                  # held out: never trained on
+
+
 def test_classifier_save_load_and_bundled(tmp_path):
     texts = ["the theory of light explains refraction and the speed of waves in media"] * 20 + \
             ["click here buy now cheap login register menu home"] * 20

@@ -214,11 +214,12 @@ def quality_stand_in_data(seed: int = 0, heldout_fraction: float = 0.2):
     paras = _reference_paragraphs()
     topics = sorted({t for t, _ in paras})
     held = set(topics[int(len(topics) * (1 - heldout_fraction)):])       # the topics that sort last: never trained on
-    wiki = [p for t, p in paras if t not in held]
+    ho = list(dict.fromkeys(p for t, p in paras if t in held))
+    wiki = list(dict.fromkeys(p for t, p in paras if t not in held and p not in ho))   # topics share some paragraphs
     cc = [_web_boilerplate(rng, rng.randint(4, 10)) for _ in wiki]
     pairs = [(t, "wiki") for t in wiki] + [(t, "cc") for t in cc]
     rng.shuffle(pairs)
-    ho = [p for t, p in paras if t in held] + [_web_boilerplate(rng, 40)]   # last: a forum-index-like page
+    ho.append(_web_boilerplate(rng, 40))                                  # last: a forum-index-like page
     return ([t for t, _ in pairs], [l for _, l in pairs]), (ho, ["wiki"] * (len(ho) - 1) + ["cc"])
 
 # %% ../../nbs/11c_classify.ipynb #fc218466
