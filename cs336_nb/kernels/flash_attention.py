@@ -19,7 +19,7 @@ from ._triton import _bind_triton, _check_triton_inputs
 
 # %% auto #0
 __all__ = ['FLASH_CONFIGS', 'attention_reference', 'FlashAttention2PyTorch', 'flash_config', 'FlashAttention2Triton',
-           'register_attention_backends']
+           'flash_attention_triton', 'register_attention_backends']
 
 # %% ../../nbs/06d_flash_attention.ipynb #162574c1
 triton = tl = None  # bound in this module by `_bind_triton(globals())` when a kernel is first built
@@ -132,197 +132,200 @@ class FlashAttention2PyTorch(torch.autograd.Function):
 # %% ../../nbs/06d_flash_attention.ipynb #f6aac0ab
 _LOG2E = 1.4426950408889634
 
-# %% ../../nbs/06d_flash_attention.ipynb #20327a97
-@functools.cache
-def _flash_kernels():
-    global _key_range, _flash_fwd_kernel, _flash_bwd_preprocess, _flash_bwd_dkdv_kernel, _flash_bwd_dq_kernel
-    _bind_triton(globals())
+# %% ../../nbs/06d_flash_attention.ipynb #bd285377
+def _key_range(q_start, N_K, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    "Keys seen by the query block at q_start, as (mid, hi): key blocks in [0, mid) need no mask, those in [mid, hi) do."
+    # [mid, hi): the diagonal when causal, the ragged last block; causal attention skips the keys from hi on
+    if IS_CAUSAL:
+        hi = tl.minimum(N_K, q_start + BLOCK_Q)
+        mid = tl.minimum(q_start, hi)
+    else:
+        hi = N_K
+        mid = N_K
+    return (mid // BLOCK_K) * BLOCK_K, hi
 
-    @triton.jit
-    def _key_range(q_start, N_K, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
-        # Keys seen by the query block at q_start, as (mid, hi): blocks in [0, mid) need no mask; those in [mid, hi)
-        # do (the diagonal when causal, the ragged last block); causal attention skips the keys from hi on.
-        if IS_CAUSAL:
-            hi = tl.minimum(N_K, q_start + BLOCK_Q)
-            mid = tl.minimum(q_start, hi)
-        else:
-            hi = N_K
-            mid = N_K
-        return (mid // BLOCK_K) * BLOCK_K, hi
-
-    @triton.jit
-    def _flash_fwd_kernel(Q, K, V, O, L, s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_ob, s_on,
-                          N_Q, N_K, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
-        qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
-        pid_q = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        q_start = pid_q * BLOCK_Q
-        offs_q = q_start + tl.arange(0, BLOCK_Q)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d[None, :] < D
-        q = tl.load(Q + b * s_qb + offs_q[:, None] * s_qn + offs_d[None, :], mask=(offs_q[:, None] < N_Q) & d_ok, other=0.0)
-        m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
-        K_b = K + b * s_kb
-        V_b = V + b * s_vb
-        mid, hi = _key_range(q_start, N_K, BLOCK_Q, BLOCK_K, IS_CAUSAL)
-        # stage 1: key blocks that need no mask (fully visible, fully in range)
-        for start_k in range(0, mid, BLOCK_K):
-            offs_k = start_k + tl.arange(0, BLOCK_K)
-            k = tl.load(K_b + offs_k[:, None] * s_kn + offs_d[None, :], mask=d_ok, other=0.0)
-            v = tl.load(V_b + offs_k[:, None] * s_vn + offs_d[None, :], mask=d_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-        # stage 2: the diagonal blocks (causal) and the ragged last block: masked
-        for start_k in range(mid, hi, BLOCK_K):
-            offs_k = start_k + tl.arange(0, BLOCK_K)
+# %% ../../nbs/06d_flash_attention.ipynb #4b50a6d7
+def _fwd_tiles(acc, l_i, m_i, q, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, lo, hi,
+               D: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    "Online softmax over the key tiles [lo, hi): update the running (acc, l, m) of one query tile, base 2."
+    d_ok = offs_d[None, :] < D
+    for start_k in range(lo, hi, BLOCK_K):
+        offs_k = start_k + tl.arange(0, BLOCK_K)
+        if MASKED:
             kv_ok = (offs_k[:, None] < N_K) & d_ok
-            k = tl.load(K_b + offs_k[:, None] * s_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-            v = tl.load(V_b + offs_k[:, None] * s_vn + offs_d[None, :], mask=kv_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+        else:
+            kv_ok = d_ok
+        k = tl.load(K_b + offs_k[:, None] * s_kn + offs_d[None, :], mask=kv_ok, other=0.0)   # (BLOCK_K, BLOCK_D)
+        v = tl.load(V_b + offs_k[:, None] * s_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * qk_scale                                                 # (BLOCK_Q, BLOCK_K)
+        if MASKED:
             keep = offs_k[None, :] < N_K
             if IS_CAUSAL:
                 keep = keep & (offs_q[:, None] >= offs_k[None, :])
             s = tl.where(keep, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-        acc = acc / l_i[:, None]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)                       # rescales what was accumulated under the old max
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
+
+# %% ../../nbs/06d_flash_attention.ipynb #09d3728c
+def _flash_fwd_kernel(Q, K, V, O, L, s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_ob, s_on,
+                      N_Q, N_K, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                      BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    "Forward: one program per (query tile, batch); writes O and the natural-log logsumexp L."
+    qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
+    q_start = tl.program_id(0) * BLOCK_Q
+    b = tl.program_id(1).to(tl.int64)
+    offs_q = q_start + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = offs_q < N_Q
+    d_ok = offs_d[None, :] < D
+    q = tl.load(Q + b * s_qb + offs_q[:, None] * s_qn + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+    m_i = tl.full((BLOCK_Q,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_Q,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
+    K_b, V_b = K + b * s_kb, V + b * s_vb
+    mid, hi = _key_range(q_start, N_K, BLOCK_Q, BLOCK_K, IS_CAUSAL)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, 0, mid,
+                               D, BLOCK_K, False, IS_CAUSAL)   # stage 1: tiles that need no mask
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, mid, hi,
+                               D, BLOCK_K, True, IS_CAUSAL)    # stage 2: the diagonal and the ragged last tile
+    acc = acc / l_i[:, None]
+    tl.store(O + b * s_ob + offs_q[:, None] * s_on + offs_d[None, :], acc.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok)
+    # logsumexp of the scaled scores, natural log: (m + log2 l) * ln 2
+    tl.store(L + b * N_Q + offs_q, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=q_ok)
+
+# %% ../../nbs/06d_flash_attention.ipynb #41a79b06
+def _flash_bwd_preprocess(O, DO, DELTA, N_Q, s_ob, s_on, s_dob, s_don,
+                          D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr):
+    "Backward, first: D_i = rowsum(dO * O) per query row."
+    b = tl.program_id(1).to(tl.int64)
+    offs_q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_q[:, None] < N_Q) & (offs_d[None, :] < D)
+    o = tl.load(O + b * s_ob + offs_q[:, None] * s_on + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + b * s_dob + offs_q[:, None] * s_don + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(DELTA + b * N_Q + offs_q, tl.sum(o * do, 1), mask=offs_q < N_Q)
+
+# %% ../../nbs/06d_flash_attention.ipynb #546b4245
+def _dkdv_tiles(dk, dv, k, v, Q_b, DO_b, L_b, DELTA_b, s_qn, s_don, offs_k, offs_d, N_Q, qk_scale, lo, hi,
+                D: tl.constexpr, BLOCK_Q: tl.constexpr, MASKED: tl.constexpr):
+    "dK, dV of one key tile, accumulated over the query tiles [lo, hi); MASKED: the causal diagonal."
+    d_ok = offs_d[None, :] < D
+    for start_q in range(lo, hi, BLOCK_Q):
+        offs_q = start_q + tl.arange(0, BLOCK_Q)
         q_ok = offs_q < N_Q
-        tl.store(O + b * s_ob + offs_q[:, None] * s_on + offs_d[None, :], acc.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok)
-        # logsumexp of the scaled scores, natural log: (m + log2 l) * ln 2
-        tl.store(L + b * N_Q + offs_q, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=q_ok)
-
-    @triton.jit
-    def _flash_bwd_preprocess(O, DO, DELTA, N_Q, s_ob, s_on, s_dob, s_don,
-                              D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_Q: tl.constexpr):
-        pid = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        offs_q = pid * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        offs_d = tl.arange(0, BLOCK_D)
-        mask = (offs_q[:, None] < N_Q) & (offs_d[None, :] < D)
-        o = tl.load(O + b * s_ob + offs_q[:, None] * s_on + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-        do = tl.load(DO + b * s_dob + offs_q[:, None] * s_don + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(DELTA + b * N_Q + offs_q, tl.sum(o * do, 1), mask=offs_q < N_Q)
-
-    @triton.jit
-    def _flash_bwd_dkdv_kernel(Q, K, V, DO, L, DELTA, DK, DV,
-                               s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_dob, s_don, s_dkb, s_dkn, s_dvb, s_dvn,
-                               N_Q, N_K, qk_scale, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                               BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
-        qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
-        sm_scale = tl.cast(sm_scale, tl.float32)
-        pid_k = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        k_start = pid_k * BLOCK_K
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d[None, :] < D
-        kv_ok = (offs_k[:, None] < N_K) & d_ok
-        k = tl.load(K + b * s_kb + offs_k[:, None] * s_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + b * s_vb + offs_k[:, None] * s_vn + offs_d[None, :], mask=kv_ok, other=0.0)
-        dk = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-        dv = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-        Q_b = Q + b * s_qb
-        DO_b = DO + b * s_dob
-        L_b = L + b * N_Q
-        DELTA_b = DELTA + b * N_Q
-        if IS_CAUSAL:
-            lo = (k_start // BLOCK_Q) * BLOCK_Q          # first query block touching this key block
-            diag_end = tl.maximum(tl.minimum(k_start + BLOCK_K, N_Q), lo)  # queries from here on see the whole block
-            mid = lo + tl.cdiv(diag_end - lo, BLOCK_Q) * BLOCK_Q
-        else:
-            lo = 0
-            mid = 0
-        # stage 1 (causal only): query blocks straddling the diagonal, masked
-        for start_q in range(lo, mid, BLOCK_Q):
-            offs_q = start_q + tl.arange(0, BLOCK_Q)
-            q_ok = offs_q < N_Q
-            q = tl.load(Q_b + offs_q[:, None] * s_qn + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            do = tl.load(DO_b + offs_q[:, None] * s_don + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            lse = tl.load(L_b + offs_q, mask=q_ok, other=float("inf")) * 1.4426950408889634
-            delta = tl.load(DELTA_b + offs_q, mask=q_ok, other=0.0)
-            sT = tl.dot(k, tl.trans(q)) * qk_scale                    # (BLOCK_K, BLOCK_Q), base 2
-            pT = tl.exp2(sT - lse[None, :])
+        q = tl.load(Q_b + offs_q[:, None] * s_qn + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+        do = tl.load(DO_b + offs_q[:, None] * s_don + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
+        lse = tl.load(L_b + offs_q, mask=q_ok, other=float("inf")) * 1.4426950408889634   # base 2; +inf: P = 0
+        delta = tl.load(DELTA_b + offs_q, mask=q_ok, other=0.0)
+        sT = tl.dot(k, tl.trans(q)) * qk_scale                    # (BLOCK_K, BLOCK_Q), base 2
+        pT = tl.exp2(sT - lse[None, :])
+        if MASKED:
             pT = tl.where(offs_q[None, :] >= offs_k[:, None], pT, 0.0)
-            dv += tl.dot(pT.to(do.dtype), do)
-            dpT = tl.dot(v, tl.trans(do))
-            dsT = pT * (dpT - delta[None, :])
-            dk += tl.dot(dsT.to(q.dtype), q)
-        # stage 2: the rest, no causal mask (padded query rows have lse = +inf, so P = 0 there)
-        for start_q in range(mid, N_Q, BLOCK_Q):
-            offs_q = start_q + tl.arange(0, BLOCK_Q)
-            q_ok = offs_q < N_Q
-            q = tl.load(Q_b + offs_q[:, None] * s_qn + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            do = tl.load(DO_b + offs_q[:, None] * s_don + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-            lse = tl.load(L_b + offs_q, mask=q_ok, other=float("inf")) * 1.4426950408889634
-            delta = tl.load(DELTA_b + offs_q, mask=q_ok, other=0.0)
-            sT = tl.dot(k, tl.trans(q)) * qk_scale
-            pT = tl.exp2(sT - lse[None, :])
-            dv += tl.dot(pT.to(do.dtype), do)
-            dpT = tl.dot(v, tl.trans(do))
-            dsT = pT * (dpT - delta[None, :])
-            dk += tl.dot(dsT.to(q.dtype), q)
-        tl.store(DK + b * s_dkb + offs_k[:, None] * s_dkn + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_ok)
-        tl.store(DV + b * s_dvb + offs_k[:, None] * s_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_ok)
+        dv += tl.dot(pT.to(do.dtype), do)
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        dk += tl.dot(dsT.to(q.dtype), q)
+    return dk, dv
 
-    @triton.jit
-    def _flash_bwd_dq_kernel(Q, K, V, DO, L, DELTA, DQ,
-                             s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_dob, s_don, s_dqb, s_dqn,
-                             N_Q, N_K, qk_scale, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                             BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
-        qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
-        sm_scale = tl.cast(sm_scale, tl.float32)
-        pid_q = tl.program_id(0)
-        b = tl.program_id(1).to(tl.int64)
-        q_start = pid_q * BLOCK_Q
-        offs_q = q_start + tl.arange(0, BLOCK_Q)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d[None, :] < D
-        q_ok = offs_q < N_Q
-        q = tl.load(Q + b * s_qb + offs_q[:, None] * s_qn + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-        do = tl.load(DO + b * s_dob + offs_q[:, None] * s_don + offs_d[None, :], mask=q_ok[:, None] & d_ok, other=0.0)
-        lse = tl.load(L + b * N_Q + offs_q, mask=q_ok, other=float("inf")) * 1.4426950408889634
-        delta = tl.load(DELTA + b * N_Q + offs_q, mask=q_ok, other=0.0)
-        dq = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
-        K_b = K + b * s_kb
-        V_b = V + b * s_vb
-        mid, hi = _key_range(q_start, N_K, BLOCK_Q, BLOCK_K, IS_CAUSAL)
-        for start_k in range(0, mid, BLOCK_K):
-            offs_k = start_k + tl.arange(0, BLOCK_K)
-            k = tl.load(K_b + offs_k[:, None] * s_kn + offs_d[None, :], mask=d_ok, other=0.0)
-            v = tl.load(V_b + offs_k[:, None] * s_vn + offs_d[None, :], mask=d_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
-            p = tl.exp2(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k)
-        for start_k in range(mid, hi, BLOCK_K):
-            offs_k = start_k + tl.arange(0, BLOCK_K)
+# %% ../../nbs/06d_flash_attention.ipynb #16754874
+def _flash_bwd_dkdv_kernel(Q, K, V, DO, L, DELTA, DK, DV,
+                           s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_dob, s_don, s_dkb, s_dkn, s_dvb, s_dvn,
+                           N_Q, N_K, qk_scale, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                           BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    "Backward, dK and dV: one program per (key tile, batch), no atomics; causal skips the query tiles before it."
+    qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    k_start = tl.program_id(0) * BLOCK_K
+    b = tl.program_id(1).to(tl.int64)
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_ok = (offs_k[:, None] < N_K) & (offs_d[None, :] < D)
+    k = tl.load(K + b * s_kb + offs_k[:, None] * s_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+    v = tl.load(V + b * s_vb + offs_k[:, None] * s_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+    dk = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
+    Q_b, DO_b, L_b, DELTA_b = Q + b * s_qb, DO + b * s_dob, L + b * N_Q, DELTA + b * N_Q
+    if IS_CAUSAL:
+        lo = (k_start // BLOCK_Q) * BLOCK_Q          # first query tile touching this key tile
+        diag_end = tl.maximum(tl.minimum(k_start + BLOCK_K, N_Q), lo)  # queries from here on see the whole tile
+        mid = lo + tl.cdiv(diag_end - lo, BLOCK_Q) * BLOCK_Q
+    else:
+        lo = 0
+        mid = 0
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q_b, DO_b, L_b, DELTA_b, s_qn, s_don, offs_k, offs_d, N_Q, qk_scale, lo, mid,
+                         D, BLOCK_Q, True)     # stage 1 (causal only): query tiles straddling the diagonal
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q_b, DO_b, L_b, DELTA_b, s_qn, s_don, offs_k, offs_d, N_Q, qk_scale, mid, N_Q,
+                         D, BLOCK_Q, False)    # stage 2: the rest (padded query rows have L = +inf, so P = 0)
+    tl.store(DK + b * s_dkb + offs_k[:, None] * s_dkn + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(DV + b * s_dvb + offs_k[:, None] * s_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_ok)
+
+# %% ../../nbs/06d_flash_attention.ipynb #94e92f33
+def _dq_tiles(dq, q, do, lse, delta, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, lo, hi,
+              D: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    "dQ of one query tile, accumulated over the key tiles [lo, hi), recomputing P from the saved logsumexp."
+    d_ok = offs_d[None, :] < D
+    for start_k in range(lo, hi, BLOCK_K):
+        offs_k = start_k + tl.arange(0, BLOCK_K)
+        if MASKED:
             kv_ok = (offs_k[:, None] < N_K) & d_ok
-            k = tl.load(K_b + offs_k[:, None] * s_kn + offs_d[None, :], mask=kv_ok, other=0.0)
-            v = tl.load(V_b + offs_k[:, None] * s_vn + offs_d[None, :], mask=kv_ok, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * qk_scale
+        else:
+            kv_ok = d_ok
+        k = tl.load(K_b + offs_k[:, None] * s_kn + offs_d[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(V_b + offs_k[:, None] * s_vn + offs_d[None, :], mask=kv_ok, other=0.0)
+        p = tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])         # (BLOCK_Q, BLOCK_K)
+        if MASKED:
             keep = offs_k[None, :] < N_K
             if IS_CAUSAL:
                 keep = keep & (offs_q[:, None] >= offs_k[None, :])
-            p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k)
-        tl.store(DQ + b * s_dqb + offs_q[:, None] * s_dqn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok[:, None] & d_ok)
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
 
-    return _flash_fwd_kernel, _flash_bwd_preprocess, _flash_bwd_dkdv_kernel, _flash_bwd_dq_kernel
+# %% ../../nbs/06d_flash_attention.ipynb #52d438f0
+def _flash_bwd_dq_kernel(Q, K, V, DO, L, DELTA, DQ,
+                         s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_dob, s_don, s_dqb, s_dqn,
+                         N_Q, N_K, qk_scale, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
+                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    "Backward, dQ: one program per (query tile, batch), walking the keys as the forward does."
+    qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    q_start = tl.program_id(0) * BLOCK_Q
+    b = tl.program_id(1).to(tl.int64)
+    offs_q = q_start + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = offs_q < N_Q
+    qd_ok = q_ok[:, None] & (offs_d[None, :] < D)
+    q = tl.load(Q + b * s_qb + offs_q[:, None] * s_qn + offs_d[None, :], mask=qd_ok, other=0.0)
+    do = tl.load(DO + b * s_dob + offs_q[:, None] * s_don + offs_d[None, :], mask=qd_ok, other=0.0)
+    lse = tl.load(L + b * N_Q + offs_q, mask=q_ok, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(DELTA + b * N_Q + offs_q, mask=q_ok, other=0.0)
+    dq = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
+    K_b, V_b = K + b * s_kb, V + b * s_vb
+    mid, hi = _key_range(q_start, N_K, BLOCK_Q, BLOCK_K, IS_CAUSAL)
+    dq = _dq_tiles(dq, q, do, lse, delta, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, 0, mid,
+                   D, BLOCK_K, False, IS_CAUSAL)
+    dq = _dq_tiles(dq, q, do, lse, delta, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, mid, hi,
+                   D, BLOCK_K, True, IS_CAUSAL)
+    tl.store(DQ + b * s_dqb + offs_q[:, None] * s_dqn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=qd_ok)
+
+# %% ../../nbs/06d_flash_attention.ipynb #165c1b5a
+_FLASH_TRITON_FUNCTIONS = ("_key_range", "_fwd_tiles", "_dkdv_tiles", "_dq_tiles", "_flash_fwd_kernel",
+                           "_flash_bwd_preprocess", "_flash_bwd_dkdv_kernel", "_flash_bwd_dq_kernel")
+
+@functools.cache
+def _flash_kernels():
+    "On first use: bind `triton` and `tl` in this module and wrap its kernel functions in `triton.jit`, in place."
+    _bind_triton(globals())
+    g = globals()
+    for name in _FLASH_TRITON_FUNCTIONS: g[name] = triton.jit(g[name])
+    return g["_flash_fwd_kernel"], g["_flash_bwd_preprocess"], g["_flash_bwd_dkdv_kernel"], g["_flash_bwd_dq_kernel"]
 
 # %% ../../nbs/06d_flash_attention.ipynb #7573bdd9
 FLASH_CONFIGS: dict[tuple[int, bool], tuple[tuple[int, int, int, int], ...]] = {}
@@ -339,65 +342,127 @@ def flash_config(d: int, is_causal: bool, device_type: str = "cuda", elem_size: 
     return (64, 64, 4, 3), (32, 64, 4, 4), (128, 64, 8, 3)
 
 # %% ../../nbs/06d_flash_attention.ipynb #41852cef
+def _flash_forward(q3: Tensor, k3: Tensor, v3: Tensor, is_causal: bool) -> tuple[Tensor, Tensor]:
+    "Launch the forward on folded, contiguous (batch, seq, d) tensors: (O, logsumexp L (batch, n_q) in float32)."
+    fwd_k, *_ = _flash_kernels()
+    B, nq, d = q3.shape
+    nk = k3.shape[1]
+    o = torch.empty_like(q3)                                              # (batch, n_q, d)
+    lse = torch.empty(B, nq, device=q3.device, dtype=torch.float32)       # (batch, n_q)
+    (bq, bk, nw, ns), _, _ = flash_config(d, is_causal, q3.device.type, q3.element_size())
+    scale = d ** -0.5
+    fwd_k[(triton.cdiv(nq, bq), B)](q3, k3, v3, o, lse, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
+        v3.stride(0), v3.stride(1), o.stride(0), o.stride(1), nq, nk, scale * _LOG2E,
+        D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_Q=bq, BLOCK_K=bk, IS_CAUSAL=is_causal,
+        num_warps=nw, num_stages=ns)
+    return o, lse
+
+# %% ../../nbs/06d_flash_attention.ipynb #b07b1558
+def _flash_backward(do3: Tensor, q3: Tensor, k3: Tensor, v3: Tensor, o: Tensor, lse: Tensor,
+                    is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    "Launch the three backward kernels on folded (batch, seq, d) tensors: (dQ, dK, dV)."
+    _, pre_k, dkdv_k, dq_k = _flash_kernels()
+    do3 = do3 if do3.is_contiguous() else do3.contiguous()
+    B, nq, d = q3.shape
+    nk = k3.shape[1]
+    _, (bq1, bk1, nw1, ns1), (bq2, bk2, nw2, ns2) = flash_config(d, is_causal, q3.device.type, q3.element_size())
+    bd = max(16, triton.next_power_of_2(d))  # tl.dot needs K >= 16; padding is masked
+    delta = torch.empty_like(lse)                                          # (batch, n_q)
+    pb = 64 if q3.is_cuda else 16
+    pre_k[(triton.cdiv(nq, pb), B)](o, do3, delta, nq, o.stride(0), o.stride(1), do3.stride(0), do3.stride(1),
+                                    D=d, BLOCK_D=bd, BLOCK_Q=pb)
+    dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+    scale = d ** -0.5
+    dkdv_k[(triton.cdiv(nk, bk1), B)](q3, k3, v3, do3, lse, delta, dk, dv,
+        q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
+        do3.stride(0), do3.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        nq, nk, scale * _LOG2E, scale, D=d, BLOCK_D=bd, BLOCK_Q=bq1, BLOCK_K=bk1, IS_CAUSAL=is_causal,
+        num_warps=nw1, num_stages=ns1)
+    dq_k[(triton.cdiv(nq, bq2), B)](q3, k3, v3, do3, lse, delta, dq,
+        q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
+        do3.stride(0), do3.stride(1), dq.stride(0), dq.stride(1),
+        nq, nk, scale * _LOG2E, scale, D=d, BLOCK_D=bd, BLOCK_Q=bq2, BLOCK_K=bk2, IS_CAUSAL=is_causal,
+        num_warps=nw2, num_stages=ns2)
+    return dq, dk, dv
+
+# %% ../../nbs/06d_flash_attention.ipynb #b6453632
+def _fold_for_triton(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    "Check q, k, v for the Triton kernels and fold them to contiguous (batch, seq, d)."
+    _check_qkv(q, k, v)
+    _check_triton_inputs("FlashAttention2Triton", q, k, v)
+    if q.shape[-1] != v.shape[-1]: raise ValueError("v: head dim must equal q's for the Triton kernel")
+    return tuple(t if t.dim() == 3 and t.is_contiguous() else _fold(t, n).contiguous() for t, n in ((q, "q"), (k, "k"), (v, "v")))
+
 class FlashAttention2Triton(torch.autograd.Function):
     "FlashAttention-2 in Triton: `apply(q, k, v, is_causal=False)` on (..., seq, d); saves O and the logsumexp L (batch, n_q)."
     @staticmethod
     def forward(ctx, q, k, v, is_causal=False):
-        _check_qkv(q, k, v)
-        _check_triton_inputs("FlashAttention2Triton", q, k, v)
-        if q.shape[-1] != v.shape[-1]: raise ValueError("v: head dim must equal q's for the Triton kernel")
-        fwd_k, *_ = _flash_kernels()
-        shape = q.shape
-        q3, k3, v3 = (_fold(t, n).contiguous() for t, n in ((q, "q"), (k, "k"), (v, "v")))
-        B, nq, d = q3.shape; nk = k3.shape[1]
-        o = torch.empty_like(q3)
-        lse = torch.empty(B, nq, device=q.device, dtype=torch.float32)
-        (bq, bk, nw, ns), _, _ = flash_config(d, bool(is_causal), q.device.type, q3.element_size())
-        scale = d ** -0.5
-        fwd_k[(triton.cdiv(nq, bq), B)](q3, k3, v3, o, lse, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
-            v3.stride(0), v3.stride(1), o.stride(0), o.stride(1), nq, nk, scale * _LOG2E,
-            D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_Q=bq, BLOCK_K=bk, IS_CAUSAL=bool(is_causal),
-            num_warps=nw, num_stages=ns)
+        q3, k3, v3 = _fold_for_triton(q, k, v)
+        o, lse = _flash_forward(q3, k3, v3, bool(is_causal))
         ctx.save_for_backward(q3, k3, v3, o, lse)
         ctx.is_causal, ctx.shapes = bool(is_causal), (q.shape, k.shape, v.shape)
-        return o.view(shape)
+        return o.view(q.shape)
 
     @staticmethod
     def backward(ctx, do):
-        _, pre_k, dkdv_k, dq_k = _flash_kernels()
         q3, k3, v3, o, lse = ctx.saved_tensors
-        do3 = do.reshape(o.shape).contiguous()
-        B, nq, d = q3.shape; nk = k3.shape[1]
-        _, (bq1, bk1, nw1, ns1), (bq2, bk2, nw2, ns2) = flash_config(d, ctx.is_causal, q3.device.type, q3.element_size())
-        bd = max(16, triton.next_power_of_2(d))  # tl.dot needs K >= 16; padding is masked
-        delta = torch.empty_like(lse)
-        pb = 64 if q3.is_cuda else 16
-        pre_k[(triton.cdiv(nq, pb), B)](o, do3, delta, nq, o.stride(0), o.stride(1), do3.stride(0), do3.stride(1),
-                                        D=d, BLOCK_D=bd, BLOCK_Q=pb)
-        dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
-        scale = d ** -0.5
-        dkdv_k[(triton.cdiv(nk, bk1), B)](q3, k3, v3, do3, lse, delta, dk, dv,
-            q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
-            do3.stride(0), do3.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            nq, nk, scale * _LOG2E, scale, D=d, BLOCK_D=bd, BLOCK_Q=bq1, BLOCK_K=bk1, IS_CAUSAL=ctx.is_causal,
-            num_warps=nw1, num_stages=ns1)
-        dq_k[(triton.cdiv(nq, bq2), B)](q3, k3, v3, do3, lse, delta, dq,
-            q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
-            do3.stride(0), do3.stride(1), dq.stride(0), dq.stride(1),
-            nq, nk, scale * _LOG2E, scale, D=d, BLOCK_D=bd, BLOCK_Q=bq2, BLOCK_K=bk2, IS_CAUSAL=ctx.is_causal,
-            num_warps=nw2, num_stages=ns2)
+        dq, dk, dv = _flash_backward(do.reshape(o.shape), q3, k3, v3, o, lse, ctx.is_causal)
         qs, ks, vs = ctx.shapes
         return dq.view(qs), dk.view(ks), dv.view(vs), None
 
+# %% ../../nbs/06d_flash_attention.ipynb #c5243f87
+@torch.library.custom_op("cs336_nb::flash_attention_fwd", mutates_args=())
+def _flash_fwd_op(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> tuple[Tensor, Tensor]:
+    "Custom operator: FlashAttention-2 forward on (..., seq, d): (O, logsumexp L shaped (..., n_q))."
+    o, lse = _flash_forward(*_fold_for_triton(q, k, v), is_causal)
+    return o.view(q.shape), lse.view(q.shape[:-1])
+
+@_flash_fwd_op.register_fake
+def _(q, k, v, is_causal):
+    _check_qkv(q, k, v)
+    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+@torch.library.custom_op("cs336_nb::flash_attention_bwd", mutates_args=())
+def _flash_bwd_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                  is_causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    "Custom operator: FlashAttention-2 backward: (dQ, dK, dV) shaped like (q, k, v)."
+    q3, k3, v3 = _fold_for_triton(q, k, v)
+    dq, dk, dv = _flash_backward(do.reshape(q3.shape), q3, k3, v3, o.reshape(q3.shape).contiguous(),
+                                 lse.reshape(q3.shape[:2]).contiguous(), is_causal)
+    return dq.view(q.shape), dk.view(k.shape), dv.view(v.shape)
+
+@_flash_bwd_op.register_fake
+def _(do, q, k, v, o, lse, is_causal): return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+# %% ../../nbs/06d_flash_attention.ipynb #03397d0e
+def _flash_setup_context(ctx, inputs, output):
+    q, k, v, is_causal = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1])
+    ctx.is_causal = is_causal
+
+def _flash_op_backward(ctx, do, _dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _flash_bwd_op(do, q, k, v, o, lse, ctx.is_causal)
+    return dq, dk, dv, None
+
+_flash_fwd_op.register_autograd(_flash_op_backward, setup_context=_flash_setup_context)
+
+def flash_attention_triton(q: Float[Tensor, "... n_q d"], k: Float[Tensor, "... n_k d"], v: Float[Tensor, "... n_k d"],
+                           is_causal: bool = False) -> Float[Tensor, "... n_q d"]:
+    "FlashAttention-2 in Triton, differentiable; a custom operator inside `torch.compile`, no graph break."
+    if torch.compiler.is_compiling(): return _flash_fwd_op(q, k, v, bool(is_causal))[0]
+    return FlashAttention2Triton.apply(q, k, v, is_causal)
+
 # %% ../../nbs/06d_flash_attention.ipynb #1880ad8e
-def _flash_backend(cls) -> Callable:
+def _flash_backend(attention: Callable, name: str) -> Callable:
+    "An attention backend of `cs336_nb.model` (q, k, v shaped (batch, heads, seq, d)) around `attention`."
     def backend(q: Tensor, k: Tensor, v: Tensor, is_causal: bool) -> Tensor:
         if is_causal and q.shape[-2] != k.shape[-2]:   # bottom-right aligned mask (decoding with a KV cache)
             nq, nk = q.shape[-2], k.shape[-2]
             mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(diagonal=nk - nq)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return cls.apply(q, k, v, is_causal)
-    backend.__name__ = f"{cls.__name__}_backend"
+        return attention(q, k, v, is_causal)
+    backend.__name__ = f"{name}_backend"
     return backend
 
 def register_attention_backends() -> list[str]:
@@ -406,6 +471,6 @@ def register_attention_backends() -> list[str]:
         from cs336_nb import model
     except ImportError:
         return []
-    model.register_attention_backend("flash_pytorch", _flash_backend(FlashAttention2PyTorch))
-    model.register_attention_backend("flash_triton", _flash_backend(FlashAttention2Triton))
+    model.register_attention_backend("flash_pytorch", _flash_backend(FlashAttention2PyTorch.apply, "FlashAttention2PyTorch"))
+    model.register_attention_backend("flash_triton", _flash_backend(flash_attention_triton, "flash_attention_triton"))
     return ["flash_pytorch", "flash_triton"]
