@@ -1,4 +1,4 @@
-"""Count every byte and every FLOP: number formats, tensors and their storage, the FLOPs of a matmul and of a whole model, measured matmul throughput and MFU, training memory checked against the GPU's allocator, and the napkin math that sizes a training run.
+"""Count every byte and every FLOP: number formats, tensors and their storage, the FLOPs of a matmul and of a whole model, measured matmul throughput and MFU, training memory checked against the GPU's allocator, and the napkin math that sizes a training run. It counts a Transformer from its shape (`ModelShape`); the model itself is Lecture 3's.
 
 Docs: https://cs336-nb.github.io/cs336-nb/resource_accounting.html.md"""
 

@@ -1,4 +1,4 @@
-"""The modern decoder-only Transformer (pre-norm, RMSNorm, SwiGLU, RoPE, grouped-query attention) built piece by piece from raw PyTorch, tested against PyTorch's own modules, with its parameters, FLOPs and KV cache counted.
+"""The modern decoder-only Transformer (pre-norm, RMSNorm, SwiGLU, RoPE, grouped-query and sliding-window attention) built piece by piece from raw PyTorch, tested against PyTorch's own modules, with its parameters, FLOPs and KV cache counted by Lecture 2's accounting. Mixture-of-experts layers (Lecture 5), fused kernels (Lecture 6) and Hugging Face checkpoints (Lecture 8) plug in by name; they are not here.
 
 Docs: https://cs336-nb.github.io/cs336-nb/architectures.html.md"""
 
