@@ -76,6 +76,10 @@ Le sue poesie parlano del mare, delle stagioni e della memoria della famiglia.
 Nel suo ultimo libro racconta il viaggio del padre verso la città in cerca di lavoro.
 I lettori apprezzano la semplicità delle parole e la forza delle immagini.
 Ogni sera legge i suoi versi in una piccola libreria del centro storico.""",
+}
+
+# %% ../../nbs/11a_extract.ipynb #a17d2549
+_STANDIN_PAGES.update({
     "http://example.com/throwback-thursday/": """Throwback Thursday - The Official Fan Site
 [Skip to content](#content)
 [Home](/) [News](/news) [Photos](/photos) [Contact](/contact)
@@ -119,9 +123,9 @@ Per informazioni e visite contattare la nostra agenzia dal lunedì al venerdì."
 上市首日的股价往往波动较大，请谨慎投资。
 公司资料来自招股说明书，仅供参考，不构成任何投资建议。
 如需了解更多市场信息，请浏览我们的新闻和研究报告栏目。""",
-}
+})
 
-
+# %% ../../nbs/11a_extract.ipynb #7ae6be97
 def sample_pages(path: str | os.PathLike | None = None) -> tuple[list[tuple[str, str]], str]:
     "(pages, what they are): `load_cc_sample(path)` if the sample is there, else the ten stand-in pages."
     try:
