@@ -20,10 +20,10 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .sft import (AlignConfig, AdditionTask, _checkpoint_path, _cli, _device, _log, _lr, _optimizer, _restore,
-                                    _save, addition_reward, alpaca_prompt, byte_tokenizer, encode_text, evaluate_task,
-                                    generate_responses, get_response_log_probs, make_policy, masked_normalize,
-                                    pack_prompt_response, special_ids)
+from .sft import (AlignConfig, AdditionTask, _after_step, _begin, _cli, _log, _lr, _optimizer, _result, _setup,
+                                    addition_reward, alpaca_prompt, byte_tokenizer, encode_text, evaluate_task,
+                                    generate_responses, get_response_log_probs, masked_normalize, pack_prompt_response,
+                                    special_ids)
 
 # %% auto #0
 __all__ = ['bradley_terry_loss', 'pad_sequences', 'RewardModel', 'sequence_log_probs', 'per_instance_dpo_loss', 'dpo_loss',
@@ -118,20 +118,34 @@ def simpo_loss(policy_chosen_logps: Float[Tensor, "batch"], policy_rejected_logp
 
 # %% ../../nbs/12b_preference.ipynb #09ab368e
 def sample_preference_pairs(model: nn.Module, tokenizer, examples: Sequence[dict], reward_fn: Callable[[str, str], dict], *,
-                            samples_per_prompt: int = 8, max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
+                            samples_per_prompt: int = 8, max_new_tokens: int, temperature: float = 1.0,
+                            retry_temperatures: Sequence[float] = (1.5, 2.0), seed: int = 0,
                             reference_fallback: bool = False) -> list[dict]:
-    "Pairs `{prompt, chosen, rejected, source}`: a correct and an incorrect sampled response to one prompt (or, with `reference_fallback`, the reference answer when no sample is correct)."
-    rep = [e for e in examples for _ in range(samples_per_prompt)]
-    g = generate_responses(model, tokenizer, [e["prompt"] for e in rep], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    "Pairs `{prompt, chosen, rejected, answer, source}` of a correct and an incorrect sampled response; prompts missing a side are resampled at each of `retry_temperatures`."
+    if samples_per_prompt < 1 or not examples: raise ValueError("need examples and samples_per_prompt >= 1")
+    good, bad = [set() for _ in examples], [set() for _ in examples]
+    todo = list(range(len(examples)))
+    for r, temp in enumerate((temperature, *retry_temperatures)):
+        if not todo: break
+        rep = [i for i in todo for _ in range(samples_per_prompt)]
+        g = generate_responses(model, tokenizer, [examples[i]["prompt"] for i in rep], max_new_tokens=max_new_tokens,
+                               temperature=temp, seed=seed + r)
+        for i, resp in zip(rep, g["responses"]):
+            score = reward_fn(resp, examples[i]["answer"])["answer_reward"] if resp else None
+            if score == 1: good[i].add(resp)
+            elif score == 0: bad[i].add(resp)
+        todo = [i for i in todo if not bad[i] or not (good[i] or reference_fallback)]
     rng, pairs = random.Random(seed), []
     for i, e in enumerate(examples):
-        resp = g["responses"][i * samples_per_prompt:(i + 1) * samples_per_prompt]
-        good = sorted({r for r in resp if r and reward_fn(r, e["answer"])["answer_reward"] == 1})
-        bad = sorted({r for r in resp if r and reward_fn(r, e["answer"])["answer_reward"] == 0})
-        if bad and (good or reference_fallback):
-            chosen, src = (rng.choice(good), "sampled") if good else (e["answer"], "reference")
-            pairs.append(dict(prompt=e["prompt"], chosen=chosen, rejected=rng.choice(bad), answer=e["answer"], source=src))
+        if bad[i] and (good[i] or reference_fallback):
+            chosen, src = (rng.choice(sorted(good[i])), "sampled") if good[i] else (e["answer"], "reference")
+            pairs.append(dict(prompt=e["prompt"], chosen=chosen, rejected=rng.choice(sorted(bad[i])), answer=e["answer"], source=src))
+    if not pairs:
+        raise ValueError(f"no preference pairs from {len(examples)} prompts: no prompt had both a correct and an incorrect sample "
+                         f"(temperatures {(temperature, *retry_temperatures)}); use more prompts or samples_per_prompt, "
+                         f"a partly trained SFT model, or reference_fallback=True")
     return pairs
+
 
 # %% ../../nbs/12b_preference.ipynb #5fbc4a73
 @dataclass
@@ -140,10 +154,10 @@ class DPOConfig(AlignConfig):
     loss_type: str = "dpo"            # "dpo", "dpo_length_normalized" or "simpo"
     beta: float = 0.1                 # DPO's KL weight (SimPO: the reward scale, ~2)
     simpo_gamma: float = 0.5          # SimPO's target margin
-    n_train: int = 20000              # training problems (held-out ones excluded)
     n_pair_prompts: int = 2000        # prompts sampled for pairs (first n of the training problems)
     samples_per_prompt: int = 8       # samples per prompt to find a correct and an incorrect answer
-    pair_temperature: float = 1.0
+    pair_temperature: float = 1.0     # sampling temperature of the pairs' responses
+    pair_retry_temperatures: tuple[float, ...] = (1.5, 2.0)   # resample a prompt missing a side at these
     reference_fallback: bool = False  # where no sample is correct, pair the reference answer (chosen) with a wrong sample
     batch_size: int = 64              # pairs per optimizer step
     learning_rate: float = 1e-4
@@ -171,27 +185,19 @@ def _pair_loss(policy, ref, tokenizer, pairs: Sequence[dict], cfg: DPOConfig) ->
 def dpo(config: DPOConfig | dict, *, model: nn.Module | None = None, tokenizer=None, pairs: Sequence[dict] | None = None,
         eval_examples: Sequence[dict] | None = None, reward_fn: Callable[[str, str], dict] = addition_reward) -> dict:
     "DPO as `config` says; returns `history` (loss, reward margin and accuracy, held-out accuracy), `model`, `pairs`, `eval`."
-    from cs336_nb.core import seed_everything
     from cs336_nb.training import gradient_clipping
-    cfg = DPOConfig.from_dict(config) if isinstance(config, dict) else config
-    seed_everything(cfg.seed)
-    device = _device(cfg) if model is None else next(model.parameters()).device
-    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
-    tr, ev = AdditionTask(cfg.digits, cfg.reverse).split(cfg.n_train, cfg.n_eval, cfg.seed)
-    ev = eval_examples or ev
-    policy = model if model is not None else make_policy(cfg, tokenizer, device)
+    cfg, tokenizer, tr, ev, policy = _setup(config, DPOConfig, model, tokenizer, None, eval_examples)
     ref = copy.deepcopy(policy).eval().requires_grad_(False)              # the starting (SFT) policy
     if pairs is None:
         pairs = sample_preference_pairs(ref, tokenizer, tr[:cfg.n_pair_prompts], reward_fn, samples_per_prompt=cfg.samples_per_prompt,
-                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.pair_temperature, seed=cfg.seed,
+                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.pair_temperature,
+                                        retry_temperatures=cfg.pair_retry_temperatures, seed=cfg.seed,
                                         reference_fallback=cfg.reference_fallback)
-    if not pairs: raise ValueError("no prompt had both a correct and an incorrect sampled answer: no preference pairs (train SFT longer?)")
+    if not pairs: raise ValueError("pairs is empty: give at least one {prompt, chosen, rejected} pair")
     opt = _optimizer(policy, cfg)
-    start, hist = _restore(cfg, policy, opt)
     evaluate = lambda: evaluate_task(policy, tokenizer, ev, reward_fn, max_new_tokens=cfg.max_new_tokens)
-    if start == 0:
-        e = evaluate(); _log(hist, eval_step=0, eval_accuracy=e["accuracy"], eval_format=e["format_rate"], eval_length=e["mean_length"])
-    for step in tqdm(range(start, cfg.max_steps), desc="dpo", disable=not cfg.progress, leave=False):
+    steps, hist = _begin(cfg, policy, opt, evaluate)
+    for step in tqdm(steps, desc="dpo", disable=not cfg.progress, leave=False):
         for g in opt.param_groups: g["lr"] = _lr(cfg, step)
         policy.train()
         batch = [pairs[i] for i in random.Random(cfg.seed * 1_000_003 + step).choices(range(len(pairs)), k=cfg.batch_size)]
@@ -201,17 +207,13 @@ def dpo(config: DPOConfig | dict, *, model: nn.Module | None = None, tokenizer=N
         opt.step(); opt.zero_grad(set_to_none=True)
         _log(hist, step=step + 1, loss=loss.item(), reward_margin=m["reward_margin"].item(), reward_accuracy=m["reward_accuracy"].item(),
              chosen_reward=m["chosen_rewards"].mean().item(), rejected_reward=m["rejected_rewards"].mean().item())
-        last = step + 1 == cfg.max_steps
-        if (step + 1) % cfg.eval_interval == 0 or last:
-            e = evaluate()
-            _log(hist, eval_step=step + 1, eval_accuracy=e["accuracy"], eval_format=e["format_rate"], eval_length=e["mean_length"])
-        if last or (cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0): _save(cfg, policy, opt, step + 1, hist)
-    if start >= cfg.max_steps and not _checkpoint_path(cfg).exists(): _save(cfg, policy, opt, start, hist)
-    final = dict(accuracy=hist["eval_accuracy"][-1], accuracy_before=hist["eval_accuracy"][0], num_pairs=len(pairs),
-                 sampled_chosen=sum(p.get("source", "sampled") == "sampled" for p in pairs),
-                 reward_margin=hist["reward_margin"][-1] if hist.get("reward_margin") else None)
-    return dict(history=hist, model=policy, tokenizer=tokenizer, pairs=list(pairs), eval=final, checkpoint=str(_checkpoint_path(cfg)), config=cfg)
+        if _after_step(cfg, step + 1, policy, opt, hist, evaluate): break
+    r = _result(cfg, policy, opt, tokenizer, hist, len(ev), num_pairs=len(pairs),
+                sampled_chosen=sum(p.get("source", "sampled") == "sampled" for p in pairs),
+                reward_margin=hist["reward_margin"][-1] if hist.get("reward_margin") else None)
+    return dict(r, pairs=list(pairs))
 
 def dpo_cli(argv: Sequence[str] | None = None) -> int:
     "`cs336-nb dpo --config FILE [--override key=value ...]`."
     return _cli("dpo", DPOConfig, dpo, argv)
+

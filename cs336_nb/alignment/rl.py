@@ -20,10 +20,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .sft import (AlignConfig, AdditionTask, _cli, _device, _log, _lr, _optimizer, _restore, _save,
-                                    _checkpoint_path, addition_reward, byte_tokenizer, evaluate_task, generate_responses,
-                                    get_response_log_probs, make_policy, masked_mean, masked_normalize, pack_prompt_response,
-                                    special_ids, _check_mask, _check_steps)
+from .sft import (AlignConfig, AdditionTask, _after_step, accuracy_interval, _begin, _cli, _log, _lr, _optimizer, _result, _setup,
+                                    addition_reward, byte_tokenizer, evaluate_task, generate_responses, get_response_log_probs,
+                                    masked_mean, masked_normalize, pack_prompt_response, special_ids, _check_mask, _check_steps)
 
 # %% auto #0
 __all__ = ['LossType', 'reinforce_gradient_samples', 'compute_group_normalized_rewards', 'compute_naive_policy_gradient_loss',
@@ -160,7 +159,6 @@ class GRPOConfig(AlignConfig):
     normalize_by_std: bool = True     # False (with length_normalization="constant"): Dr. GRPO
     length_normalization: str = "mean"    # "mean": per-sequence masked mean (GRPO); "constant": sum / max_new_tokens (Dr. GRPO)
     kl_coef: float = 0.0              # weight of the per-token k3 KL to the initial policy
-    n_train: int = 20000              # training prompts (held-out ones excluded)
     learning_rate: float = 3e-4
     warmup_steps: int = 0
     max_steps: int = 50
@@ -242,22 +240,14 @@ def grpo(config: GRPOConfig | dict, *, model: torch.nn.Module | None = None, tok
          eval_examples: Sequence[dict] | None = None, reward_fn: Callable[[str, str], dict] = addition_reward) -> dict:
     "GRPO as `config` says; returns `history` (reward, length, entropy, KL, clip fraction, time split, held-out accuracy), `model`, `eval`."
     import copy
-    from cs336_nb.core import seed_everything
-    cfg = GRPOConfig.from_dict(config) if isinstance(config, dict) else config
-    seed_everything(cfg.seed)
-    device = _device(cfg) if model is None else next(model.parameters()).device
-    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
-    tr, ev = AdditionTask(cfg.digits, cfg.reverse).split(cfg.n_train, cfg.n_eval, cfg.seed)
-    tr, ev = train_examples or tr, eval_examples or ev
-    policy = model if model is not None else make_policy(cfg, tokenizer, device)
+    cfg, tokenizer, tr, ev, policy = _setup(config, GRPOConfig, model, tokenizer, train_examples, eval_examples)
+    device = next(policy.parameters()).device
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if cfg.kl_coef else None   # the starting policy
     opt = _optimizer(policy, cfg)
-    start, hist = _restore(cfg, policy, opt)
     evaluate = lambda: evaluate_task(policy, tokenizer, ev, reward_fn, max_new_tokens=cfg.max_new_tokens)
-    if start == 0:
-        e = evaluate(); _log(hist, eval_step=0, eval_accuracy=e["accuracy"], eval_format=e["format_rate"], eval_length=e["mean_length"])
+    steps, hist = _begin(cfg, policy, opt, evaluate)
     n_prompts = cfg.rollout_batch_size // cfg.group_size
-    for step in tqdm(range(start, cfg.max_steps), desc="grpo", disable=not cfg.progress, leave=False):
+    for step in tqdm(steps, desc="grpo", disable=not cfg.progress, leave=False):
         for g in opt.param_groups: g["lr"] = _lr(cfg, step)
         prompts = random.Random(cfg.seed * 1_000_003 + step).sample(range(len(tr)), n_prompts)
         ro = rollout_and_score(policy, tokenizer, [tr[i] for i in prompts], cfg, reward_fn, seed=cfg.seed * 100_003 + step)
@@ -267,15 +257,8 @@ def grpo(config: GRPOConfig | dict, *, model: torch.nn.Module | None = None, tok
         _log(hist, step=step + 1, reward=ro["meta"]["reward_mean"], format_reward=ro["meta"]["format_reward"],
              zero_std_groups=ro["meta"]["zero_std_groups"], length=ro["mean_length"], rollout_s=ro["rollout_s"],
              scoring_s=ro["scoring_s"], train_s=train_s, **st)
-        last = step + 1 == cfg.max_steps
-        if (step + 1) % cfg.eval_interval == 0 or last:
-            e = evaluate()
-            _log(hist, eval_step=step + 1, eval_accuracy=e["accuracy"], eval_format=e["format_rate"], eval_length=e["mean_length"])
-        if last or (cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0): _save(cfg, policy, opt, step + 1, hist)
-    if start >= cfg.max_steps and not _checkpoint_path(cfg).exists(): _save(cfg, policy, opt, start, hist)
-    final = dict(accuracy=hist["eval_accuracy"][-1], format_rate=hist["eval_format"][-1], mean_length=hist["eval_length"][-1],
-                 accuracy_before=hist["eval_accuracy"][0])
-    return dict(history=hist, model=policy, tokenizer=tokenizer, eval=final, checkpoint=str(_checkpoint_path(cfg)), config=cfg)
+        if _after_step(cfg, step + 1, policy, opt, hist, evaluate): break
+    return _result(cfg, policy, opt, tokenizer, hist, len(ev))
 
 def grpo_cli(argv: Sequence[str] | None = None) -> int:
     "`cs336-nb grpo --config FILE [--override key=value ...]`."
@@ -283,10 +266,14 @@ def grpo_cli(argv: Sequence[str] | None = None) -> int:
 
 # %% ../../nbs/12c_rl.ipynb #5e1bb105
 def grpo_summary(result: dict) -> dict:
-    "Held-out accuracy before and after, and the mean time split of a step (rollout, scoring, training) in seconds."
-    h = result["history"]
+    "Held-out accuracy before and after (Wilson 95% intervals on `n_eval` problems) and the mean time split of a step in seconds."
+    h, n = result["history"], result["eval"]["n_eval"]
     mean = lambda k: sum(h[k]) / len(h[k])
     parts = dict(rollout_s=mean("rollout_s"), scoring_s=mean("scoring_s"), train_s=mean("train_s"))
     total = sum(parts.values())
-    return dict(accuracy_before=h["eval_accuracy"][0], accuracy_after=h["eval_accuracy"][-1], steps=int(h["step"][-1]),
-                **{k: round(v, 4) for k, v in parts.items()}, **{k.replace("_s", "_share"): round(v / total, 3) for k, v in parts.items()})
+    before, after = h["eval_accuracy"][0], h["eval_accuracy"][-1]
+    ci = lambda a: tuple(round(x, 3) for x in accuracy_interval(a, n))
+    return dict(n_eval=n, accuracy_before=before, interval_before=ci(before), accuracy_after=after, interval_after=ci(after),
+                steps=int(h["step"][-1]), **{k: round(v, 4) for k, v in parts.items()},
+                **{k.replace("_s", "_share"): round(v / total, 3) for k, v in parts.items()})
+

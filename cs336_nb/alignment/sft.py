@@ -30,7 +30,8 @@ __all__ = ['ALPACA_TEMPLATE', 'CHAT_ROLES', 'alpaca_prompt', 'format_chat', 'cha
            'special_ids', 'byte_tokenizer', 'pack_prompt_response', 'tokenize_prompt_and_output', 'compute_entropy',
            'model_logits', 'get_response_log_probs', 'masked_mean', 'masked_normalize', 'sft_microbatch_train_step',
            'PackedSFTDataset', 'iterate_batches', 'AdditionTask', 'addition_reward', 'generate_responses',
-           'evaluate_task', 'AlignConfig', 'load_policy', 'make_policy', 'plot_curves', 'SFTConfig', 'sft', 'sft_cli']
+           'evaluate_task', 'accuracy_interval', 'AlignConfig', 'load_policy', 'make_policy', 'plot_curves',
+           'SFTConfig', 'sft', 'sft_cli']
 
 # %% ../../nbs/12a_sft.ipynb #49afd113
 ALPACA_TEMPLATE = ("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
@@ -312,6 +313,16 @@ def evaluate_task(model: torch.nn.Module, tokenizer, examples: Sequence[dict], r
     return dict(accuracy=sum(s["answer_reward"] for s in scores) / n, format_rate=sum(s["format_reward"] for s in scores) / n,
                 mean_length=sum(len(r) for r in g["response_ids"]) / n, responses=g["responses"])
 
+# %% ../../nbs/12a_sft.ipynb #0e7749c6
+def accuracy_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    "Wilson interval of an exact-match accuracy measured on `n` problems."
+    from scipy.stats import binomtest
+    if not isinstance(n, int) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
+    if not 0 <= accuracy <= 1: raise ValueError(f"accuracy must be in [0, 1], got {accuracy!r}")
+    ci = binomtest(round(accuracy * n), n).proportion_ci(confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 # %% ../../nbs/12a_sft.ipynb #c07be631
 @dataclass
 class AlignConfig:
@@ -320,6 +331,7 @@ class AlignConfig:
     task: str = "addition"            # the only built-in task; other data is passed to the loop directly
     digits: int = 3                   # operand width of the addition task
     reverse: bool = True              # answers least-significant digit first
+    n_train: int = 20000              # training problems (held-out ones excluded)
     n_eval: int = 500                 # held-out problems for exact-match accuracy
     max_new_tokens: int = 8           # generation budget per response (tokens)
     # policy: a new TransformerLM over bytes, or a checkpoint of an earlier stage
@@ -337,6 +349,7 @@ class AlignConfig:
     grad_clip: float = 1.0
     # evaluation, checkpoints, system
     eval_interval: int = 50           # held-out accuracy every this many steps (and at the end)
+    stop_at_accuracy: float | None = None    # stop early once held-out accuracy reaches this (None: run max_steps)
     out_dir: str = "runs/align"       # checkpoint.pt and history.json go here
     checkpoint_interval: int | None = None   # None: only at the end
     resume: bool = False              # continue from out_dir/checkpoint.pt if it exists
@@ -347,6 +360,8 @@ class AlignConfig:
     def __post_init__(self):
         if self.task != "addition": raise ValueError(f"task must be 'addition' (pass other data to the loop directly), got {self.task!r}")
         if self.max_steps < 1 or self.eval_interval < 1: raise ValueError("max_steps and eval_interval must be >= 1")
+        if self.stop_at_accuracy is not None and not 0 < self.stop_at_accuracy <= 1:
+            raise ValueError(f"stop_at_accuracy must be in (0, 1] or None, got {self.stop_at_accuracy!r}")
 
     @classmethod
     def from_dict(cls, d: dict):
@@ -435,11 +450,55 @@ def plot_curves(history: dict, keys: Sequence[str], *, x: str = "step", axes=Non
         ax.set(xlabel=x, title=k); ax.grid(alpha=0.3)
     return axes
 
+# %% ../../nbs/12a_sft.ipynb #3663b393
+def _setup(config, config_cls: type, model, tokenizer, train_examples, eval_examples) -> tuple:
+    "A loop's config (seeded), tokenizer, training and held-out examples and policy."
+    from cs336_nb.core import seed_everything
+    cfg = config_cls.from_dict(config) if isinstance(config, dict) else config
+    seed_everything(cfg.seed)
+    device = _device(cfg) if model is None else next(model.parameters()).device
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
+    tr, ev = AdditionTask(cfg.digits, cfg.reverse).split(cfg.n_train, cfg.n_eval, cfg.seed)
+    policy = model if model is not None else make_policy(cfg, tokenizer, device)
+    return cfg, tokenizer, list(train_examples or tr), list(eval_examples or ev), policy
+
+def _log_eval(history: dict, step: int, e: dict) -> None:
+    "Append a held-out evaluation at `step` to the curves."
+    _log(history, eval_step=step, eval_accuracy=e["accuracy"], eval_format=e["format_rate"], eval_length=e["mean_length"])
+
+def _reached(cfg: AlignConfig, history: dict) -> bool:
+    "Whether the last held-out accuracy reached `stop_at_accuracy`."
+    return cfg.stop_at_accuracy is not None and bool(history.get("eval_accuracy")) and history["eval_accuracy"][-1] >= cfg.stop_at_accuracy
+
+def _begin(cfg: AlignConfig, policy: torch.nn.Module, opt, evaluate: Callable[[], dict]) -> tuple[range, dict]:
+    "The steps still to run and the history: resumed from out_dir's checkpoint, or new with an evaluation at step 0."
+    start, hist = _restore(cfg, policy, opt)
+    if start == 0: _log_eval(hist, 0, evaluate())
+    done = start >= cfg.max_steps or (_reached(cfg, hist) and hist["eval_step"][-1] == start)
+    return range(start, start if done else cfg.max_steps), hist
+
+def _after_step(cfg: AlignConfig, step: int, policy: torch.nn.Module, opt, history: dict, evaluate: Callable[[], dict]) -> bool:
+    "After optimizer step `step` (from 1): evaluate and checkpoint when due; True when the loop stops (max_steps or stop_at_accuracy)."
+    stop = step >= cfg.max_steps
+    if step % cfg.eval_interval == 0 or stop:
+        _log_eval(history, step, evaluate()); policy.train()
+        stop = stop or _reached(cfg, history)
+    if stop or (cfg.checkpoint_interval and step % cfg.checkpoint_interval == 0): _save(cfg, policy, opt, step, history)
+    return stop
+
+def _result(cfg: AlignConfig, policy: torch.nn.Module, opt, tokenizer, history: dict, n_eval: int, **extra) -> dict:
+    "A loop's return: `history`, `model`, `tokenizer`, final `eval` (accuracy before and after, on `n_eval` problems), `checkpoint`, `config`."
+    path = _checkpoint_path(cfg)
+    if not path.exists(): _save(cfg, policy, opt, int(history["step"][-1]) if history.get("step") else 0, history)
+    final = dict(accuracy=history["eval_accuracy"][-1], accuracy_before=history["eval_accuracy"][0], n_eval=n_eval,
+                 format_rate=history["eval_format"][-1], mean_length=history["eval_length"][-1], **extra)
+    return dict(history=history, model=policy, tokenizer=tokenizer, eval=final, checkpoint=str(path), config=cfg)
+
+
 # %% ../../nbs/12a_sft.ipynb #93c388e1
 @dataclass
 class SFTConfig(AlignConfig):
     "SFT on (prompt, answer) demonstrations: loss on the answer (+ EOS) tokens only, a per-token mean."
-    n_train: int = 20000              # training problems (held-out ones excluded)
     batch_size: int = 64              # sequences per optimizer step
     gradient_accumulation_steps: int = 1   # microbatches per step (batch_size must divide evenly)
     out_dir: str = "runs/align_sft"
@@ -458,22 +517,16 @@ def sft(config: SFTConfig | dict, *, model: torch.nn.Module | None = None, token
         train_examples: Sequence[dict] | None = None, eval_examples: Sequence[dict] | None = None,
         reward_fn: Callable[[str, str], dict] = addition_reward) -> dict:
     "Supervised fine-tuning as `config` says; returns `history`, `model`, `tokenizer`, final `eval` and the `checkpoint` path."
-    from cs336_nb.core import seed_everything
     from cs336_nb.training import gradient_clipping
-    cfg = SFTConfig.from_dict(config) if isinstance(config, dict) else config
-    seed_everything(cfg.seed)
-    device = _device(cfg) if model is None else next(model.parameters()).device
-    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
-    tr, ev = AdditionTask(cfg.digits, cfg.reverse).split(cfg.n_train, cfg.n_eval, cfg.seed)
-    tr, ev = train_examples or tr, eval_examples or ev
-    model = model if model is not None else make_policy(cfg, tokenizer, device)
+    cfg, tokenizer, tr, ev, model = _setup(config, SFTConfig, model, tokenizer, train_examples, eval_examples)
+    device = next(model.parameters()).device
     opt = _optimizer(model, cfg)
-    start, hist = _restore(cfg, model, opt)
+    evaluate = lambda: evaluate_task(model, tokenizer, ev, reward_fn, max_new_tokens=cfg.max_new_tokens)
+    steps, hist = _begin(cfg, model, opt, evaluate)
     p_ids, r_ids = _demo_ids(tokenizer, tr)
     pad, micro = special_ids(tokenizer)["pad"], cfg.batch_size // cfg.gradient_accumulation_steps
-    evaluate = lambda: evaluate_task(model, tokenizer, ev, reward_fn, max_new_tokens=cfg.max_new_tokens)
     model.train()
-    for step in tqdm(range(start, cfg.max_steps), desc="sft", disable=not cfg.progress, leave=False):
+    for step in tqdm(steps, desc="sft", disable=not cfg.progress, leave=False):
         for g in opt.param_groups: g["lr"] = _lr(cfg, step)
         rows = random.Random(cfg.seed * 1_000_003 + step).choices(range(len(tr)), k=cfg.batch_size)   # resumable sampling
         loss_sum, ent_sum = 0.0, 0.0
@@ -488,15 +541,9 @@ def sft(config: SFTConfig | dict, *, model: torch.nn.Module | None = None, token
         gradient_clipping(model.parameters(), cfg.grad_clip)
         opt.step(); opt.zero_grad(set_to_none=True)
         _log(hist, step=step + 1, loss=loss_sum, entropy=ent_sum, lr=opt.param_groups[0]["lr"])
-        last = step + 1 == cfg.max_steps
-        if (step + 1) % cfg.eval_interval == 0 or last:
-            e = evaluate(); model.train()
-            _log(hist, eval_step=step + 1, eval_accuracy=e["accuracy"], eval_format=e["format_rate"], eval_length=e["mean_length"])
-        if last or (cfg.checkpoint_interval and (step + 1) % cfg.checkpoint_interval == 0): _save(cfg, model, opt, step + 1, hist)
-    final = evaluate() if start >= cfg.max_steps or not hist.get("eval_accuracy") else dict(accuracy=hist["eval_accuracy"][-1], format_rate=hist["eval_format"][-1], mean_length=hist["eval_length"][-1])
-    if start >= cfg.max_steps and not _checkpoint_path(cfg).exists(): _save(cfg, model, opt, start, hist)
-    return dict(history=hist, model=model, tokenizer=tokenizer, eval={k: v for k, v in final.items() if k != "responses"},
-                checkpoint=str(_checkpoint_path(cfg)), config=cfg)
+        if _after_step(cfg, step + 1, model, opt, hist, evaluate): break
+    return _result(cfg, model, opt, tokenizer, hist, len(ev))
+
 
 # %% ../../nbs/12a_sft.ipynb #594193f5
 def _cli(name: str, config_cls, loop: Callable, argv: Sequence[str] | None) -> int:
