@@ -288,8 +288,10 @@ def main(argv=None) -> int:
     fam, copies = (100, 1) if a.small else (a.families, a.copies)
     workers = a.workers or [w for w in (1, 2, 4, 8, 16) if w <= (os.cpu_count() or 1)]
     print(f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}.\n")
-    cmd = "python benchmarks/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    res = {"machine": f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs. Command: `{cmd.strip()}`."}
+    cmd = ("CS336_DATA=... " if os.environ.get("CS336_DATA") else "") + "python benchmarks/bench_data.py " + \
+        " ".join(argv if argv is not None else sys.argv[1:])
+    load = f" (load average {os.getloadavg()[0]:.1f} at the start: other processes share it)" if hasattr(os, "getloadavg") else ""
+    res = {"machine": f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs{load}. Command: `{cmd.strip()}`."}
     parts = {}
     if "classifier" in a.only:   # first: fasttext-numpy2's random NaN is rarer in a fresh process
         res["classifier"] = bench_classifier()
