@@ -21,6 +21,7 @@ swapped for `kernels.rmsnorm.TritonRMSNorm`: the model has no norm-backend switc
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import re
@@ -102,7 +103,8 @@ class RefLM(nn.Module):
 
 # ---------------------------------------------------------------- one measured configuration
 def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size: int, seq_len: int, device, *,
-            ours_loss: bool = True, compile: bool = True, reps: int = 20, warmup: int = 5, fused_loss: bool = False) -> dict:
+            ours_loss: bool = True, compile: bool = True, reps: int = 20, warmup: int = 5, fused_loss: bool = False,
+            loss_chunk: int | None = None) -> dict:
     amp = device.type == "cuda"
     params = list(model.parameters())
     g = torch.Generator(device=device).manual_seed(0)
@@ -111,7 +113,7 @@ def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size
 
     def loss_fn(x, y):  # model + loss compiled as one graph, for both implementations
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if fused_loss: return lm_loss(model, x, y)              # never the full logits
+            if fused_loss: return lm_loss(model, x, y, chunk_size=loss_chunk)   # never the full logits
             logits = model(x)
             if ours_loss: return cross_entropy(logits, y)
             return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -243,6 +245,7 @@ ABLATION = {
     "all ours": ("flash_triton", True, True, "ours-foreach"),
     "all ours + torch AdamW(fused)": ("flash_triton", True, True, "torch-fused"),
 }
+LOSS_CHUNK = 2048  # rows per chunk of the fused loss on the GPU: 2048 x 50304 bf16 logits = 206 MB at a time
 ABLATION_LARGER_BATCH = ("baseline", "all ours", "all ours + torch AdamW(fused)")  # rows repeated at the larger batches
 
 
@@ -281,7 +284,7 @@ def predicted_memory_ablation(cfg: ModelConfig, batch_size: int, seq_len: int, *
 
 
 def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny: bool = False,
-                 batch_sizes: tuple[int, ...] = (64,), variants=None) -> dict:
+                 batch_sizes: tuple[int, ...] = (64,), variants=None, loss_chunk: int | None = LOSS_CHUNK) -> dict:
     """Every `ABLATION` row at `batch_size`, then the `ABLATION_LARGER_BATCH` rows at each of `batch_sizes`, in this
     process on one device. `tiny`: a small model on the CPU, uncompiled, Triton kernels in the interpreter."""
     from cs336_nb.kernels._triton import interpret_triton_without_gpu
@@ -301,20 +304,23 @@ def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny
         attn, triton_norm, fused, opt_kind = ABLATION[v]
         torch.manual_seed(0)
         base = 0
+        torch._dynamo.reset()   # drop the previous row's compiled graphs (and the model they hold); disk caches stay
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.synchronize(); torch.cuda.empty_cache(); base = torch.cuda.memory_allocated()
         model = TransformerLM.from_config(cfg.replace(attn_backend=attn), device=device)
         if triton_norm: use_triton_rmsnorm(model)
         opt = make_optimizer(opt_kind, model.parameters(), device)
         r = measure(v, model, opt, cfg, bs, seq_len, device, compile=compile, reps=reps,
-                    warmup=1 if tiny else 3, fused_loss=fused)
+                    warmup=1 if tiny else 3, fused_loss=fused, loss_chunk=loss_chunk)
         if r["peak_memory"] is not None: r["peak_memory"] -= base
+        r["memory_before"] = base
         r.update(batch_size=bs, attn_backend=attn, triton_rmsnorm=triton_norm, fused_loss=fused, optimizer=opt_kind,
                  predicted_memory=predicted_memory_ablation(cfg, bs, seq_len, attn_backend=attn, fused_loss=fused,
                                                             compiled=compile))
         rows.append(r)
         print(f"{v} (batch {bs}): {r['step_ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
-              f"compile+first step {r['compile_s']:.0f} s", flush=True)
+              f"compile+first step {r['compile_s']:.0f} s, held before {base / 2**20:.0f} MiB", flush=True)
         del model, opt
     for r in rows:
         base_row = next((q for q in rows if q["name"] == "baseline" and q["batch_size"] == r["batch_size"]), None)
@@ -378,12 +384,15 @@ def main(argv=None) -> int:
     p.add_argument("--small", action="store_true", help="tiny model on CPU: a smoke run")
     p.add_argument("--ablation", action="store_true", help="issue 16: baseline and each fused part alone and together")
     p.add_argument("--tiny", action="store_true", help="with --ablation: a small model on the CPU, in seconds")
+    p.add_argument("--variants", nargs="*", default=None, help="with --ablation: only these rows (names of ABLATION)")
+    p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="with --ablation: rows per chunk of the fused loss")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
     p.add_argument("--from-json", type=str, default=None, help="format results saved earlier instead of measuring")
     p.add_argument("--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     if a.from_json: res = json.loads(Path(a.from_json).read_text())
-    elif a.ablation: res = run_ablation(a.batch_size, a.seq_len, a.reps, tiny=a.tiny, batch_sizes=tuple(a.batch_sizes))
+    elif a.ablation: res = run_ablation(a.batch_size, a.seq_len, a.reps, tiny=a.tiny, batch_sizes=tuple(a.batch_sizes),
+                                        variants=a.variants, loss_chunk=a.loss_chunk)
     else: res = run_all(a.batch_size, a.seq_len, a.reps, small=a.small, batch_sizes=tuple(a.batch_sizes))
     if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
     ablation = "vs_baseline" in res["rows"][0]

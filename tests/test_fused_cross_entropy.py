@@ -1,5 +1,7 @@
 """The fused linear + cross-entropy (Lecture 6, `cs336_nb.kernels.fused_cross_entropy`) against the simple path:
 the full logits, then `cs336_nb.training.cross_entropy`."""
+import os
+
 import pytest
 import torch
 
@@ -80,6 +82,20 @@ def test_compiles_without_graph_breaks():
         torch.testing.assert_close(g, e)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_triton_operator_matches_simple_path(compiled):
+    "The GPU path (custom op + Triton row kernel), here in Triton's CPU interpreter (set by conftest without a GPU)."
+    pytest.importorskip("triton")
+    hidden, weight, targets = make_inputs(pad_every=3)
+    if not torch.cuda.is_available(): assert os.environ.get("TRITON_INTERPRET") == "1"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    hidden, weight, targets = hidden.to(dev), weight.to(dev), targets.to(dev)
+    expected = loss_and_grads(linear_cross_entropy_reference, hidden, weight, targets)
+    fn = torch.compile(linear_cross_entropy, backend="aot_eager", fullgraph=True) if compiled else linear_cross_entropy
+    for g, e in zip(loss_and_grads(fn, hidden, weight, targets, chunk_size=13, impl="triton"), expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
 def test_no_grad_forward_equals_loss():
     hidden, weight, targets = make_inputs()
     with torch.no_grad():
@@ -110,6 +126,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="width"): linear_cross_entropy(hidden, weight[:, 1:], targets)
     with pytest.raises(TypeError, match="integer"): linear_cross_entropy(hidden, weight, targets.float())
     with pytest.raises(ValueError, match="targets"): linear_cross_entropy(hidden, weight, targets[1:])
+    with pytest.raises(ValueError, match="impl"): linear_cross_entropy(hidden, weight, targets, impl="cuda")
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -134,3 +151,18 @@ def test_lm_loss_refuses_soft_cap():
     model = TransformerLM.from_config(ModelConfig.tiny(vocab_size=67, context_length=12, logit_soft_cap=30.0))
     x = torch.randint(0, 67, (2, 12))
     with pytest.raises(ValueError, match="logit_soft_cap"): lm_loss(model, x, x)
+
+
+def test_bench_ablation_tiny(root):
+    "bench_training.py --ablation --tiny: the baseline and the fused-loss rows on a CPU, and their markdown."
+    import sys
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import bench_training
+    finally:
+        sys.path.pop(0)
+    res = bench_training.run_ablation(tiny=True, variants=["baseline", "+ fused linear+CE"], batch_sizes=())
+    assert [r["name"] for r in res["rows"]] == ["baseline", "+ fused linear+CE"]
+    assert res["rows"][1]["fused_loss"]
+    assert res["rows"][1]["predicted_memory"] < res["rows"][0]["predicted_memory"]
+    assert "| + fused linear+CE |" in bench_training.ablation_markdown(res)
