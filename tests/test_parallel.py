@@ -234,3 +234,38 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="compute_dtype"): FSDP(torch.nn.Linear(2, 2), compute_dtype=torch.int32)
     with pytest.raises(TypeError, match="optimizer_cls"): ShardedOptimizer(torch.nn.Linear(2, 2).parameters(), object)
     with pytest.raises(ValueError, match="kind"): pipeline_schedule(2, 2, "zb")
+
+
+# ---------------------------------------------------------------- benchmarks/bench_parallel.py --trace-fsdp, on the CPU
+def _bench_parallel():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_parallel.py"
+    spec = importlib.util.spec_from_file_location("bench_parallel", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_trace_fsdp_memory_categories():
+    bp = _bench_parallel()
+    cfg = ModelConfig.tiny(num_layers=2, d_model=32, num_heads=2, d_ff=48, vocab_size=61, context_length=16)
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        rows = bp.trace_fsdp_memory(0, 1, cfg, order=("fsdp2", "fsdp"), collect=True, batch_size=2, seq_len=8, steps=1)
+    finally:
+        dist.destroy_process_group()
+    n_params = sum(p.numel() for p in build_model(cfg).parameters())
+    for r in rows:
+        assert r["grads"] == 0  # zero_grad(set_to_none=True) before measuring
+        assert r["optimizer_state"] == 2 * r["params"]  # AdamW: exp_avg and exp_avg_sq
+        assert r["params"] >= 4 * n_params  # fp32 master weights (ours pads each parameter to the world size)
+    assert [r["mode"] for r in rows] == ["fsdp2", "fsdp"]
+
+
+def test_trace_fp16_split_rounding_on_cpu():
+    res = _bench_parallel().fp16_split_rounding("cpu", steps=2)
+    assert res["split_vs_full"] < 1e-4  # on the CPU the two half batches round like the full one
+    assert res["ours_one_process_vs_full"] < 1e-4
+    assert set(res["split_by_param"]) >= {"linear1.weight", "head.weight"}

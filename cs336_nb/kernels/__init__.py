@@ -12,7 +12,7 @@ __all__ = ['time_fn', 'measure_copy_bandwidth', 'measure_matmul_flops', 'rooflin
            'TritonRMSNorm', 'rmsnorm_eager', 'rmsnorm_triton', 'FLASH_CONFIGS', 'FlashAttention2PyTorch',
            'FlashAttention2Triton', 'attention_reference', 'flash_attention_triton', 'flash_config',
            'register_attention_backends', 'attention_flops', 'attention_impls', 'bench_attention', 'bench_memory_bound',
-           'MATMUL_CONFIG', 'MATMUL_INTERPRET_CONFIG', 'grouped_tile', 'matmul_triton', 'row_major_tile',
+           'MATMUL_CONFIGS', 'grouped_tile', 'matmul_config', 'matmul_triton', 'row_major_tile',
            'tiles_loaded_per_wave']
 
 # %% ../../nbs/06_kernels.ipynb #634aaa60
@@ -33,5 +33,5 @@ _all_ = ["time_fn", "measure_copy_bandwidth", "measure_matmul_flops", "roofline"
          "softmax_triton", "RMSNORM_BWD_CONFIG", "RMSNORM_MAX_DIM", "RMSNormTritonFunction", "TritonRMSNorm", "rmsnorm_eager",
          "rmsnorm_triton", "FLASH_CONFIGS", "FlashAttention2PyTorch", "FlashAttention2Triton", "attention_reference",
          "flash_attention_triton", "flash_config", "register_attention_backends", "attention_flops", "attention_impls",
-         "bench_attention", "bench_memory_bound", "MATMUL_CONFIG", "MATMUL_INTERPRET_CONFIG", "grouped_tile", "matmul_triton",
+         "bench_attention", "bench_memory_bound", "MATMUL_CONFIGS", "grouped_tile", "matmul_config", "matmul_triton",
          "row_major_tile", "tiles_loaded_per_wave"]
