@@ -31,7 +31,8 @@ def test_parse_mmlu_response(out, want):
 
 def test_gsm8k_answer_extraction_and_match():
     assert E.extract_gsm8k_answer("a\nb <<2*3=6>>6\n#### 6") == "6"
-    assert E.gsm8k_match("6.0", "6") and not E.gsm8k_match("6.5", "6")
+    assert E.gsm8k_match("6.0", "6")
+    assert not E.gsm8k_match("6.5", "6")
     with pytest.raises(ValueError, match="####"):
         E.extract_gsm8k_answer("6")
 
@@ -40,9 +41,11 @@ def test_gsm8k_answer_extraction_and_match():
 def test_loaders_on_shared_data():
     assert len(E.mmlu_subjects()) == 57
     val = E.load_mmlu("val")
-    assert len(val) == 1531 and {e["answer"] for e in val} == set("ABCD")
+    assert len(val) == 1531
+    assert {e["answer"] for e in val} == set("ABCD")
     g = E.load_gsm8k("test")
-    assert len(g) == 1319 and all(x["target"] == E.extract_gsm8k_answer(x["answer"]) for x in g)
+    assert len(g) == 1319
+    assert all(x["target"] == E.extract_gsm8k_answer(x["answer"]) for x in g)
 
 
 def test_missing_data_says_where(tmp_path, monkeypatch):
@@ -121,7 +124,8 @@ def test_loglikelihood_left_truncates_like_lm_eval(ours):
 def test_encode_pair_moves_trailing_space(ours):
     _, tok = ours
     ctx, cont = E.encode_pair(E.TokenizerAdapter(tok), "Answer: ", "B")
-    assert tok.decode(ctx) == "Answer:" and tok.decode(cont) == " B"
+    assert tok.decode(ctx) == "Answer:"
+    assert tok.decode(cont) == " B"
 
 
 def test_greedy_generation_same_with_and_without_kv_cache(ours):
@@ -134,7 +138,8 @@ def test_greedy_generation_same_with_and_without_kv_cache(ours):
     prompts = [tok.encode("All:"), tok.encode("First Citizen: Before"), tok.encode("You")]
     a = E.LMAdapter(model, tok).generate(prompts, 10, batch_size=2)
     b = E.LMAdapter(NoGenerate(model), tok).generate(prompts, 10, batch_size=2)
-    assert a == b and all(len(x) <= 10 for x in a)
+    assert a == b
+    assert all(len(x) <= 10 for x in a)
 
 
 def test_hf_model_and_its_from_hf_conversion_agree(hf):
@@ -171,7 +176,9 @@ def test_perplexity_uniform_model_and_bits_per_byte(ours):
 def test_mmlu_prompts_and_loglik_scoring(ours):
     model, tok = ours
     r = E.evaluate_mmlu(model, tok, shots=1, limit=2, subjects=["anatomy", "virology"], progress=False)
-    assert r["n"] == 4 and set(r["per_subject"]) == {"anatomy", "virology"} and len(r["scores"]) == 4
+    assert r["n"] == 4
+    assert set(r["per_subject"]) == {"anatomy", "virology"}
+    assert len(r["scores"]) == 4
     assert r["predictions"] == ["ABCD"[int(np.argmax(s))] for s in r["scores"]]
     with pytest.raises(ValueError, match="at most 5"):
         E.evaluate_mmlu(model, tok, shots=6, limit=1, subjects=["anatomy"], progress=False)
@@ -186,7 +193,8 @@ def test_evaluate_harness_and_cli(ours, tmp_path, capsys):
     model, tok = ours
     res = E.evaluate(model, tok, "mmlu,gsm8k,perplexity", shots=0, limit=1, max_new_tokens=4, perplexity_text=TEXT,
                      subjects=["anatomy"], progress=False)
-    assert list(res) == ["mmlu", "gsm8k", "perplexity"] and "| gsm8k | exact_match |" in res.table()
+    assert list(res) == ["mmlu", "gsm8k", "perplexity"]
+    assert "| gsm8k | exact_match |" in res.table()
     with pytest.raises(ValueError, match="known: mmlu"):
         E.evaluate(model, tok, ["mmlu", "hellaswag"])
     cfg = TrainConfig(vocab_size=257, context_length=48, d_model=32, num_layers=1, num_heads=2, out_dir=str(tmp_path / "run"),
@@ -198,7 +206,8 @@ def test_evaluate_harness_and_cli(ours, tmp_path, capsys):
     out = tmp_path / "res.json"
     rc = E.eval_cli(["--checkpoint", str(tmp_path / "run" / "ckpt.pt"), "--tasks", "gsm8k", "--shots", "0", "--limit", "2",
                      "--max-new-tokens", "4", "--out", str(out)])
-    assert rc == 0 and json.loads(out.read_text())["gsm8k"]["n"] == 2
+    assert rc == 0
+    assert json.loads(out.read_text())["gsm8k"]["n"] == 2
     assert E.eval_cli(["--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -237,7 +246,8 @@ def test_length_controlled_win_rate_removes_a_length_bias():
     p = 1 / (1 + np.exp(-(0.4 + 2.0 * np.tanh(extra / (extra).std()))))     # true LC preference: sigmoid(0.4)
     y = (rng.random(n) < p).astype(float)
     r = E.length_controlled_win_rate(y, base + extra, base)
-    assert r["lc_win_rate"] == pytest.approx(1 / (1 + math.exp(-0.4)), abs=0.04) and r["win_rate"] > r["lc_win_rate"] + 0.1
+    assert r["lc_win_rate"] == pytest.approx(1 / (1 + math.exp(-0.4)), abs=0.04)
+    assert r["win_rate"] > r["lc_win_rate"] + 0.1
     assert r["length_coef"] == pytest.approx(2.0, abs=0.35)
 
 
@@ -267,7 +277,8 @@ def test_contamination_finds_planted_copies_only():
     corpus = ["blah " * 20 + "The QUICK brown fox, jumps over the lazy dog near the river bank today! " + "blah " * 20,
               "we mention a short item here"]
     r = E.contamination(bench, corpus)
-    assert r["contaminated"] == [0, 2] and r["fraction"] == pytest.approx(2 / 3)
+    assert r["contaminated"] == [0, 2]
+    assert r["fraction"] == pytest.approx(2 / 3)
     assert E.contamination(bench, corpus, n=40)["contaminated"] == [2]     # item 0 is then looked for whole: its last word differs
     with pytest.raises(ValueError):
         E.contamination("not a list", corpus)
