@@ -163,8 +163,11 @@ def trace_fsdp_memory(rank: int, world_size: int, cfg: ModelConfig, *, order: tu
         if dev.type == "cuda": torch.cuda.synchronize()
         mem = memory_by_category(m, opt)
         ptrs = mem.pop("known_ptrs")
-        rows.append(dict(mode=mode, position=len(rows), collect=collect, **mem,
-                         other_blocks=_other_blocks(ptrs) if dev.type == "cuda" else []))
+        blocks = _other_blocks(ptrs) if dev.type == "cuda" else []
+        if dev.type == "cuda":  # blocks freed in Python but still awaiting a stream's events (record_stream) go now
+            torch.cuda.empty_cache(); mem["after_empty_cache"] = torch.cuda.memory_allocated()
+        else: mem["after_empty_cache"] = mem["allocated"]
+        rows.append(dict(mode=mode, position=len(rows), collect=collect, **mem, other_blocks=blocks))
         del m, opt, x, y
         if collect: gc.collect()
     if dev.type == "cuda": torch.cuda.memory._record_memory_history(enabled=None)
@@ -226,11 +229,12 @@ def fp16_split_rounding(device: str, *, steps: int = 2, lr: float = 0.01, batch_
 
 
 def trace_fsdp(smoke: bool) -> dict:
-    "Both traces: memory by category (NCCL on one GPU, world size 1; gloo on the CPU with --smoke) and fp16 rounding."
+    """Both traces: memory by category (NCCL on up to two GPUs: on one, world size 1, where our FSDP sends nothing; gloo
+    on the CPU with --smoke) and fp16 rounding."""
     import bench_parallel as this  # spawned workers import their function by module name
     cuda = torch.cuda.is_available() and not smoke
     cfg, kw = (GPU_MODEL, dict(batch_size=4, seq_len=1024)) if cuda else (SMOKE_MODEL, dict(batch_size=2, seq_len=32))
-    backend, ws = ("nccl", 1) if cuda else ("gloo", 2)
+    backend, ws = ("nccl", min(2, torch.cuda.device_count())) if cuda else ("gloo", 2)  # 2 GPUs where there are
     out = dict(memory=[])
     for order, collect in ((("fsdp2", "fsdp"), False), (("fsdp", "fsdp2"), True)):  # as bench_fsdp; then reversed, collected
         out["memory"] += launch(this.trace_fsdp_memory, ws, cfg, order=order, collect=collect, backend=backend,
@@ -244,11 +248,12 @@ def trace_fsdp(smoke: bool) -> dict:
 def trace_tables(res: dict) -> str:
     "Markdown tables of `trace_fsdp`'s result."
     lines = [f"Machine: {res['device']}; world size {res['world_size']} for the memory trace.", "",
-             "| order | gc before measuring | wrapper | allocated | parameters | gradients | optimizer state | other | largest other blocks |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| order | gc before measuring | wrapper | allocated | after empty_cache | parameters | gradients | optimizer state | other | largest other blocks |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in res["memory"]:
         blocks = "; ".join(f"{fmt_bytes(b['bytes'])} ({' < '.join(b['frames'][:2]) or 'torch'})" for b in r["other_blocks"][:3])
         lines.append(f"| {'first' if r['position'] == 0 else 'second'} | {r['collect']} | {r['mode']} | {fmt_bytes(r['allocated'])} | "
+                     f"{fmt_bytes(r['after_empty_cache'])} | "
                      f"{fmt_bytes(r['params'])} | {fmt_bytes(r['grads'])} | {fmt_bytes(r['optimizer_state'])} | "
                      f"{fmt_bytes(r['other'])} | {blocks} |")
     lines += ["", "| device | full batch vs two halves averaged (max param diff) | worst parameter | our FSDP (1 process) vs full batch |",
