@@ -7,6 +7,9 @@ batch of `--batch` prompts of `--prompt-len` tokens: tokens/s = batch x new toke
     python benchmarks/bench_alignment.py                  # on a GPU: print the table
     python benchmarks/bench_alignment.py --write-results  # ... and write it into benchmarks/RESULTS.md
     python benchmarks/bench_alignment.py --small          # a tiny CPU smoke run
+
+On an H200 the whole run takes about a minute (most of it compiling the CUDA-graph variant); each variant's wall
+time, warm-up included, is printed.
 """
 from __future__ import annotations
 
@@ -67,8 +70,10 @@ def run_all(batch: int, prompt_len: int, new_tokens: int, reps: int, d_model: in
                                                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)))
     with torch.no_grad():
         for name, fn in variants:
+            t0 = time.perf_counter()
             s = _time(fn, device, reps)
             rows.append(dict(variant=name, seconds=s, tokens_per_s=batch * new_tokens / s))
+            print(f"{name}: {time.perf_counter() - t0:.1f} s wall (warm-up and {reps} timed runs)", file=sys.stderr)
     ref = rows[-1]["tokens_per_s"]
     for r in rows: r["vs_hf"] = r["tokens_per_s"] / ref
     return dict(device=describe_device(device), batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, d_model=d_model,
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=3)
     p.add_argument("--small", action="store_true", help="tiny model on CPU: a smoke run")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
     p.add_argument("--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
