@@ -72,11 +72,10 @@ def gathered_attention(q: Float[Tensor, "b h t d"], k_pages: Tensor, v_pages: Te
 
 
 def paged_attention(attn: nn.Module, x: Float[Tensor, "b t d"], pos: Int[Tensor, "b t"], valid: Tensor, table: Int[Tensor, "b n"],
-                    cache: PagedKVCache, layer_idx: int, *, impl: str = "auto") -> Float[Tensor, "b t d"]:
+                    cache: PagedKVCache, layer_idx: int, *, impl: str = "gather") -> Float[Tensor, "b t d"]:
     """The model's attention `attn` (a MultiHeadSelfAttention) for new tokens at `pos`, over each row's paged K/V.
-    `impl`: 'gather' (`gathered_attention`), 'triton' (`paged_attention_triton`, below: the pages read in place), or
-    'auto': the kernel for bf16/fp16 on a GPU, the gather otherwise (exact in float32)."""
-    if impl not in ("auto", "gather", "triton"): raise ValueError(f"impl must be 'auto', 'gather' or 'triton', got {impl!r}")
+    `impl`: 'gather' (`gathered_attention`) or 'triton' (`paged_attention_triton`, below: the pages read in place)."""
+    if impl not in ("gather", "triton"): raise ValueError(f"impl must be 'gather' or 'triton', got {impl!r}")
     B, T, _ = x.shape
     q = rearrange(attn.q_proj(x), "b t (h d) -> b h t d", h=attn.num_heads)
     k = rearrange(attn.k_proj(x), "b t (h d) -> b h t d", h=attn.num_kv_heads)
@@ -87,13 +86,12 @@ def paged_attention(attn: nn.Module, x: Float[Tensor, "b t d"], pos: Int[Tensor,
     page = table.gather(1, pos // P)  # (B, T): physical page of each new token
     kp[page[valid], (pos % P)[valid]] = k.transpose(1, 2)[valid].to(kp.dtype)  # (n_valid, Hkv, D) into their slots
     vp[page[valid], (pos % P)[valid]] = v.transpose(1, 2)[valid].to(vp.dtype)
-    if impl == "auto": impl = "triton" if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and kp.dtype == q.dtype else "gather"
     out = paged_attention_triton(q, kp, vp, table, pos) if impl == "triton" else gathered_attention(q, kp, vp, table, pos)
     return attn.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
 # %% ../nbs/08c_serving.ipynb #85cd6e58
 def paged_forward(model: TransformerLM, ids: Int[Tensor, "b t"], start: Int[Tensor, "b"], n_new: Int[Tensor, "b"],
-                  table: Int[Tensor, "b n"], cache: PagedKVCache, *, impl: str = "auto") -> Float[Tensor, "b vocab"]:
+                  table: Int[Tensor, "b n"], cache: PagedKVCache, *, impl: str = "gather") -> Float[Tensor, "b vocab"]:
     "Append each row's `n_new` tokens (right-padded `ids`) after its `start` cached ones; logits of each row's last new token."
     cfg = model.config
     if cfg.norm_position != "pre": raise ValueError("paged_forward serves pre-norm models (norm_position='pre')")
