@@ -126,7 +126,7 @@ def _rmsnorm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Ten
     rstd = torch.empty(n, device=x.device, dtype=torch.float32)                # (rows,)
     bm, bd, nw = _rmsnorm_launch(D)
     if n: fwd[(triton.cdiv(n, bm),)](x2, w, y, rstd, n, D, eps, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
-    return y.view(x.shape), rstd
+    return (y if x.dim() == 2 else y.view(x.shape)), rstd
 
 def _rmsnorm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
     "Launch the backward: (dL/dx shaped like x, dL/dw in weight's dtype)."
@@ -140,7 +140,7 @@ def _rmsnorm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tu
     dw_partial = torch.empty(n_progs, D, device=x2.device, dtype=torch.float32)  # one partial sum per program
     w = weight if weight.is_contiguous() else weight.contiguous()
     bwd[(n_progs,)](dy2, x2, w, rstd, dx, dw_partial, n, D, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
-    return dx.view(x.shape), dw_partial.sum(0).to(weight.dtype)
+    return (dx if x.dim() == 2 else dx.view(x.shape)), dw_partial.sum(0).to(weight.dtype)
 
 # %% ../../nbs/06c_rmsnorm.ipynb #45270bf4
 class RMSNormTritonFunction(torch.autograd.Function):
