@@ -331,7 +331,8 @@ SMALL = dict(d_model=32, num_layers=1, num_heads=2, context_length=16, digits=2,
 
 def test_sft_loop_checkpoint_and_resume(tmp_path):
     r = sft(SFTConfig(**SMALL, max_steps=4, batch_size=8, gradient_accumulation_steps=2, eval_interval=2, out_dir=str(tmp_path)))
-    assert len(r["history"]["loss"]) == 4 and r["history"]["eval_step"] == [2.0, 4.0]
+    assert len(r["history"]["loss"]) == 4
+    assert r["history"]["eval_step"] == [0.0, 2.0, 4.0]                     # step 0: the accuracy before training
     r2 = sft(SFTConfig(**SMALL, max_steps=6, batch_size=8, eval_interval=2, out_dir=str(tmp_path), resume=True))
     assert r2["history"]["step"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]           # continued from step 4
     g = grpo(GRPOConfig(**{**SMALL, "n_eval": 4}, init_from=r2["checkpoint"], rollout_batch_size=8, group_size=4, max_steps=1,
@@ -358,12 +359,39 @@ def test_dpo_loop_margin_grows(tmp_path):
     assert h["reward_margin"][0] == pytest.approx(0.0, abs=1e-5) and h["reward_margin"][-1] > h["reward_margin"][0]
 
 
+ALWAYS_RIGHT = lambda resp, truth: dict(reward=1.0, format_reward=1.0, answer_reward=1.0)
+
+
+@pytest.mark.parametrize("loop,cls,kw", [
+    (sft, SFTConfig, dict(batch_size=8)),
+    (dpo, DPOConfig, dict(batch_size=4)),
+    (grpo, GRPOConfig, dict(rollout_batch_size=8, group_size=4)),
+])
+def test_stop_at_accuracy_reached_before_training(loop, cls, kw, tmp_path):
+    "A policy already at `stop_at_accuracy` is not trained, by any of the three loops (their shared bookkeeping)."
+    extra = dict(pairs=[dict(prompt="1+1=", chosen="2", rejected="3")]) if loop is dpo else {}
+    cfg = cls(**SMALL, **kw, max_steps=5, eval_interval=1, stop_at_accuracy=0.5, out_dir=str(tmp_path))
+    r = loop(cfg, reward_fn=ALWAYS_RIGHT, **extra)
+    assert r["history"].get("step", []) == []
+    assert r["eval"]["accuracy"] == 1.0
+    assert r["eval"]["n_eval"] == SMALL["n_eval"]
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_preference_pairs_none_possible(tok):
+    from cs336_nb.alignment import sample_preference_pairs
+    ex = AdditionTask(2).examples(3, seed=0)
+    with pytest.raises(ValueError, match="no preference pairs"):
+        sample_preference_pairs(tiny_lm(), tok, ex, ALWAYS_RIGHT, samples_per_prompt=2, max_new_tokens=4)
+
+
 @pytest.mark.parametrize("cls,kw,match", [
     (GRPOConfig, dict(rollout_batch_size=10, group_size=4), "divide"),
     (GRPOConfig, dict(loss_type="ppo"), "loss_type"),
     (SFTConfig, dict(batch_size=10, gradient_accumulation_steps=4), "divisible"),
     (DPOConfig, dict(loss_type="ipo"), "loss_type"),
     (SFTConfig, dict(task="sorting"), "task"),
+    (SFTConfig, dict(stop_at_accuracy=0.0), "stop_at_accuracy"),
 ])
 def test_config_bad_input(cls, kw, match):
     with pytest.raises(ValueError, match=match): cls(**kw)

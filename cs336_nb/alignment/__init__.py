@@ -9,19 +9,20 @@ __all__ = ['ALPACA_TEMPLATE', 'CHAT_ROLES', 'alpaca_prompt', 'format_chat', 'cha
            'special_ids', 'byte_tokenizer', 'pack_prompt_response', 'tokenize_prompt_and_output', 'compute_entropy',
            'model_logits', 'get_response_log_probs', 'masked_mean', 'masked_normalize', 'sft_microbatch_train_step',
            'PackedSFTDataset', 'iterate_batches', 'AdditionTask', 'addition_reward', 'generate_responses',
-           'evaluate_task', 'AlignConfig', 'load_policy', 'make_policy', 'plot_curves', 'SFTConfig', 'sft', 'sft_cli',
-           'bradley_terry_loss', 'pad_sequences', 'RewardModel', 'sequence_log_probs', 'per_instance_dpo_loss',
-           'dpo_loss', 'simpo_loss', 'sample_preference_pairs', 'DPOConfig', 'dpo', 'dpo_cli', 'LossType',
-           'reinforce_gradient_samples', 'compute_group_normalized_rewards', 'compute_naive_policy_gradient_loss',
-           'compute_grpo_clip_loss', 'compute_policy_gradient_loss', 'kl_k3', 'grpo_microbatch_train_step',
-           'gsm8k_reward', 'GRPOConfig', 'rollout_and_score', 'grpo', 'grpo_cli', 'grpo_summary']
+           'evaluate_task', 'accuracy_interval', 'AlignConfig', 'load_policy', 'make_policy', 'plot_curves',
+           'SFTConfig', 'sft', 'sft_cli', 'bradley_terry_loss', 'pad_sequences', 'RewardModel', 'sequence_log_probs',
+           'per_instance_dpo_loss', 'dpo_loss', 'simpo_loss', 'sample_preference_pairs', 'DPOConfig', 'dpo', 'dpo_cli',
+           'LossType', 'reinforce_gradient_samples', 'compute_group_normalized_rewards',
+           'compute_naive_policy_gradient_loss', 'compute_grpo_clip_loss', 'compute_policy_gradient_loss', 'kl_k3',
+           'grpo_microbatch_train_step', 'gsm8k_reward', 'GRPOConfig', 'rollout_and_score', 'grpo', 'grpo_cli',
+           'grpo_summary']
 
 # %% ../../nbs/12_alignment.ipynb #5659544f
 from .sft import (
     ALPACA_TEMPLATE, CHAT_ROLES, alpaca_prompt, format_chat, chat_prompt_and_response, encode_text,
     special_ids, byte_tokenizer, pack_prompt_response, tokenize_prompt_and_output, compute_entropy,
     model_logits, get_response_log_probs, masked_mean, masked_normalize, sft_microbatch_train_step,
-    PackedSFTDataset, iterate_batches, AdditionTask, addition_reward, generate_responses, evaluate_task,
+    PackedSFTDataset, iterate_batches, AdditionTask, addition_reward, generate_responses, evaluate_task, accuracy_interval,
     AlignConfig, load_policy, make_policy, plot_curves, SFTConfig, sft, sft_cli)
 from .preference import (
     bradley_terry_loss, pad_sequences, RewardModel, sequence_log_probs, per_instance_dpo_loss, dpo_loss,
@@ -36,7 +37,7 @@ _all_ = [
     'encode_text', 'special_ids', 'byte_tokenizer', 'pack_prompt_response', 'tokenize_prompt_and_output',
     'compute_entropy', 'model_logits', 'get_response_log_probs', 'masked_mean', 'masked_normalize',
     'sft_microbatch_train_step', 'PackedSFTDataset', 'iterate_batches', 'AdditionTask', 'addition_reward',
-    'generate_responses', 'evaluate_task', 'AlignConfig', 'load_policy', 'make_policy', 'plot_curves',
+    'generate_responses', 'evaluate_task', 'accuracy_interval', 'AlignConfig', 'load_policy', 'make_policy', 'plot_curves',
     'SFTConfig', 'sft', 'sft_cli', 'bradley_terry_loss', 'pad_sequences', 'RewardModel', 'sequence_log_probs',
     'per_instance_dpo_loss', 'dpo_loss', 'simpo_loss', 'sample_preference_pairs', 'DPOConfig', 'dpo',
     'dpo_cli', 'LossType', 'reinforce_gradient_samples', 'compute_group_normalized_rewards',
