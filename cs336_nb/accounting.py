@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import HARDWARE, Accelerator, peak_flops
+from .core import HARDWARE, Accelerator, benchmark, get_device, peak_flops
 
 # %% auto #0
 __all__ = ['FLOAT_DTYPES', 'REAL_MODELS', 'GPT3_FAMILY', 'training_flops', 'training_time_days', 'largest_model_that_fits',
@@ -98,7 +98,6 @@ def backward_flops(num_params: float, num_tokens: float) -> float:
 def matmul_throughput(sizes: Iterable[int], dtypes: Iterable[str] = ("fp32", "bf16"), *, device: str | torch.device | None = None,
                       warmup: int = 3, reps: int = 10) -> list[dict]:
     "Time n x n x n matmuls for each size and format ('fp32', 'tf32', 'bf16', 'fp16', 'fp8'); FLOP/s from 2n^3 / median time."
-    from cs336_nb.core import benchmark, get_device
     dev = get_device(device)
     rows = []
     for name in dtypes:
@@ -427,7 +426,6 @@ def measure_training_step_memory(build_model: Callable[[], nn.Module], token_ids
 def time_training_step(model: nn.Module, token_ids: Tensor, *, autocast_dtype: torch.dtype | None = None,
                        warmup: int = 2, reps: int = 5) -> float:
     "Median seconds of one forward+backward of `model` (token ids -> logits) on `token_ids` (batch, seq), optionally under autocast."
-    from cs336_nb.core import benchmark
     if not isinstance(model, nn.Module): raise TypeError(f"model must be an nn.Module (build it first), got {type(model).__name__}")
     dev = token_ids.device
     def step():
