@@ -1,4 +1,4 @@
-"""The loss, the schedule, clipping, batches from a memmap, crash-safe checkpoints and the loop that ties them together: a model trained for real on tiny Shakespeare, on a CPU in a minute and on an H100 against nanoGPT's baseline, measured in bits per byte, tokens/s and MFU.
+"""The loss, the schedule, clipping, batches from a memmap, crash-safe checkpoints and the loop that ties them together: a model trained for real on tiny Shakespeare, on a CPU in a minute and on a GPU against nanoGPT's baseline, measured in bits per byte, tokens/s and MFU.
 
 Docs: https://cs336-nb.github.io/cs336-nb/training.html.md"""
 
