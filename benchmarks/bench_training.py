@@ -44,7 +44,7 @@ from cs336_nb.core import benchmark, describe_device, detect_accelerator, fmt_by
 from cs336_nb.model import ModelConfig, TransformerLM  # noqa: E402
 from cs336_nb.optim import AdamW  # noqa: E402
 from cs336_nb.training import cross_entropy, gradient_clipping  # noqa: E402
-from cs336_nb.kernels.fused_cross_entropy import linear_cross_entropy_memory, lm_loss  # noqa: E402
+from cs336_nb.kernels.fused_cross_entropy import default_chunk_size, linear_cross_entropy_memory, lm_loss  # noqa: E402
 
 SECTION = "## Training throughput and memory (Lectures 2–4)"
 ABLATION_BLOCK = "bench_training.py:ablation"  # its own RESULTS.md block, beside the main table's
@@ -245,8 +245,9 @@ ABLATION = {
     "all ours": ("flash_triton", True, True, "ours-foreach"),
     "all ours + torch AdamW(fused)": ("flash_triton", True, True, "torch-fused"),
 }
-LOSS_CHUNK = 2048  # rows per chunk of the fused loss on the GPU: 2048 x 50304 bf16 logits = 206 MB at a time
-ABLATION_LARGER_BATCH = ("baseline", "all ours", "all ours + torch AdamW(fused)")  # rows repeated at the larger batches
+LOSS_CHUNK = 4096  # rows per chunk of the fused loss on the GPU (H200: 1024 rows 37.3 ms/step, 4096 35.0, 8192 34.8)
+# rows repeated at the larger batches (each new shape compiles again: ~1 min a row at batch 64)
+ABLATION_LARGER_BATCH = ("baseline", "+ fused linear+CE", "all ours", "all ours + torch AdamW(fused)")
 
 
 def use_triton_rmsnorm(model: nn.Module) -> int:
@@ -268,9 +269,10 @@ def make_optimizer(kind: str, params, device):
 
 
 def predicted_memory_ablation(cfg: ModelConfig, batch_size: int, seq_len: int, *, attn_backend: str, fused_loss: bool,
-                              compiled: bool) -> float:
+                              compiled: bool, loss_chunk: int | None = None) -> float:
     """`accounting.training_memory`'s peak; with the fused loss, the head's saved bf16 input, logits and bf16 weight copy
-    are replaced by the two gradients the fused forward saves (`linear_cross_entropy_memory`)."""
+    are replaced by the two gradients the fused forward saves (`linear_cross_entropy_memory`), and the forward's own
+    peak (its last chunk: that chunk's logits, the weight cast to bf16 and its bf16 share of d/dW) is a third candidate."""
     acc_backend = "flash" if attn_backend == "flash_triton" else attn_backend
     kw = {} if compiled else dict(compute_dtype=torch.float32, device_type="cpu")
     m = accounting.training_memory(cfg, batch_size, seq_len, attn_backend=acc_backend, compiled=compiled, **kw)
@@ -280,7 +282,10 @@ def predicted_memory_ablation(cfg: ModelConfig, batch_size: int, seq_len: int, *
     if compiled: held = N * (a * d + a * V) + V * d * a   # head input and logits (bf16), the head weight's bf16 copy
     else: held = N * (a * d + 4 * V + 8) + N * V * 8    # eager float32: head input, log-probs, ids; the loss gradients
     saved = linear_cross_entropy_memory(N, V, d, compute_dtype=torch.bfloat16 if compiled else torch.float32)["saved"]
-    return max(m["peak_at_backward"] - held + saved, m["peak_at_optimizer"])
+    at_backward = m["peak_at_backward"] - held + saved
+    c = min(N, loss_chunk or default_chunk_size(N, V, d))
+    at_loss_forward = at_backward - m["lm_head_gradient"] + c * V * a + 2 * V * d * a
+    return max(at_backward, at_loss_forward, m["peak_at_optimizer"])
 
 
 def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny: bool = False,
@@ -315,9 +320,9 @@ def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny
                     warmup=1 if tiny else 3, fused_loss=fused, loss_chunk=loss_chunk)
         if r["peak_memory"] is not None: r["peak_memory"] -= base
         r["memory_before"] = base
-        r.update(batch_size=bs, attn_backend=attn, triton_rmsnorm=triton_norm, fused_loss=fused, optimizer=opt_kind,
+        r.update(batch_size=bs, loss_chunk=loss_chunk, attn_backend=attn, triton_rmsnorm=triton_norm, fused_loss=fused, optimizer=opt_kind,
                  predicted_memory=predicted_memory_ablation(cfg, bs, seq_len, attn_backend=attn, fused_loss=fused,
-                                                            compiled=compile))
+                                                            compiled=compile, loss_chunk=loss_chunk))
         rows.append(r)
         print(f"{v} (batch {bs}): {r['step_ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
               f"compile+first step {r['compile_s']:.0f} s, held before {base / 2**20:.0f} MiB", flush=True)
@@ -327,6 +332,11 @@ def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny
         r["vs_baseline"] = r["tokens_per_s"] / base_row["tokens_per_s"] if base_row else None
     return dict(device=describe_device(device), batch_size=batch_size, seq_len=seq_len, config=cfg.to_dict(),
                 flops_per_token=flops_per_token(cfg, seq_len), rows=rows, tiny=tiny)
+
+
+def ratio_cell(x: float | None) -> str:
+    "A speed ratio like 1.05x, blank where there is no baseline row to compare with."
+    return "" if x is None else f"{x:.2f}x"
 
 
 def mfu_cell(r: dict) -> str:
@@ -348,9 +358,31 @@ def ablation_markdown(res: dict) -> str:
         lines.append(f"| {r['name']} | {r['batch_size']} | {r['attn_backend']} | {'Triton' if r['triton_rmsnorm'] else 'model'} | "
                      f"{'fused' if r['fused_loss'] else 'logits + CE'} | {r['optimizer']} | {r['step_ms']:.1f} | "
                      f"{r['tokens_per_s']:,.0f} | {mfu_cell(r)} | "
-                     f"{r['vs_baseline']:.2f}x | {'' if pm is None else fmt_bytes(pm)} | {fmt_bytes(pred)} | "
+                     f"{ratio_cell(r['vs_baseline'])} | {'' if pm is None else fmt_bytes(pm)} | {fmt_bytes(pred)} | "
                      f"{'' if pm is None else f'{pred / pm:.2f}'} |")
-    return head + "\n".join(lines) + "\n\n" + "\n".join(ablation_targets(res)) + "\n"
+    notes = ("\n\nRows: `baseline` = today's step (`sdpa` attention, the model's `RMSNorm`, logits then `cross_entropy`, our "
+             "`AdamW(foreach=True)`); each `+` row changes one part; `AdamW foreach=False` is our per-parameter loop; "
+             "`torch AdamW(fused)` is PyTorch's single-kernel optimizer (a reference, not ours); `all ours` = flash_triton + "
+             "Triton RMSNorm (modules swapped: the model has no norm-backend switch) + the fused linear + cross-entropy "
+             f"(`kernels.fused_cross_entropy.lm_loss`, {res['rows'][0].get('loss_chunk') or LOSS_CHUNK} rows a chunk).\n\n")
+    return (head + "\n".join(lines) + notes + "\n".join(ablation_findings(res)) + "\n\n"
+            + "\n".join(ablation_targets(res)) + "\n")
+
+
+def ablation_findings(res: dict) -> list[str]:
+    "What the rows say, computed: each part's speed against the baseline, and the peak memory the fused loss saves."
+    out = []
+    for bs in sorted({r["batch_size"] for r in res["rows"]}):
+        rows = {r["name"]: r for r in res["rows"] if r["batch_size"] == bs}
+        if "baseline" not in rows: continue
+        slower = [f"{n} ({r['vs_baseline']:.2f}x)" for n, r in rows.items() if n != "baseline" and r["vs_baseline"] < 1]
+        faster = [f"{n} ({r['vs_baseline']:.2f}x)" for n, r in rows.items() if n != "baseline" and r["vs_baseline"] >= 1]
+        out.append(f"Batch {bs}: faster than the baseline: {', '.join(faster) or 'none'}; slower: {', '.join(slower) or 'none'}.")
+        f, b = rows.get("+ fused linear+CE"), rows["baseline"]
+        if f and f["peak_memory"] is not None:
+            out.append(f"Batch {bs}: the fused loss lowers the peak by {fmt_bytes(b['peak_memory'] - f['peak_memory'])} "
+                       f"({f['peak_memory'] / b['peak_memory']:.2f}x the baseline's).")
+    return out
 
 
 def ablation_targets(res: dict) -> list[str]:
@@ -387,10 +419,13 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="*", default=None, help="with --ablation: only these rows (names of ABLATION)")
     p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="with --ablation: rows per chunk of the fused loss")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
-    p.add_argument("--from-json", type=str, default=None, help="format results saved earlier instead of measuring")
+    p.add_argument("--from-json", type=str, nargs="+", default=None,
+                   help="format results saved earlier instead of measuring (several files: their rows in order)")
     p.add_argument("--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
-    if a.from_json: res = json.loads(Path(a.from_json).read_text())
+    if a.from_json:
+        parts = [json.loads(Path(f).read_text()) for f in a.from_json]
+        res = {**parts[0], "rows": [r for part in parts for r in part["rows"]]}
     elif a.ablation: res = run_ablation(a.batch_size, a.seq_len, a.reps, tiny=a.tiny, batch_sizes=tuple(a.batch_sizes),
                                         variants=a.variants, loss_chunk=a.loss_chunk)
     else: res = run_all(a.batch_size, a.seq_len, a.reps, small=a.small, batch_sizes=tuple(a.batch_sizes))
