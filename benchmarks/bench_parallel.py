@@ -18,7 +18,8 @@ stacks, `torch.cuda.memory._record_memory_history`), measured as the bench harne
 runs, no garbage collection) and in the reverse order with a collection before each measurement. (2) fp16 compute: the parameter difference,
 after a few SGD steps, between one-process training on the full batch and the same batch split in two halves whose
 fp32 gradients are averaged (what two data-parallel ranks compute, with no communication at all), on the CPU and on
-CUDA, next to our FSDP in one process against the full batch."""
+CUDA (with PyTorch's fp16 reduced-precision GEMM reductions allowed, its default, and not), next to our FSDP in one
+process against the full batch."""
 import argparse
 import gc
 import json
@@ -197,10 +198,26 @@ def _fp16_grads(model: torch.nn.Module, x, y) -> dict:
 
 
 def fp16_split_rounding(device: str, *, steps: int = 2, lr: float = 0.01, batch_size: int = 8, seq_len: int = 16,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, reduced_precision_reduction: bool | None = None) -> dict:
     """Largest parameter difference after `steps` SGD steps (fp16 compute, fp32 master weights) between the full batch
     in one process and the two half batches' gradients averaged in fp32: data parallelism's rounding, no communication;
-    also our FSDP (one process, `compute_dtype=torch.float16`) against the full batch."""
+    also our FSDP (one process, `compute_dtype=torch.float16`) against the full batch. On CUDA,
+    `reduced_precision_reduction` sets `torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction` for the run
+    (PyTorch's default is True: cuBLAS may reduce fp16 GEMMs in fp16, and a weight gradient reduces over the batch's
+    tokens, so half and full batches round differently; the CPU kernels accumulate in fp32)."""
+    flag = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+    if reduced_precision_reduction is not None:
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = reduced_precision_reduction
+    try:
+        out = _fp16_split_rounding(device, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len, seed=seed)
+    finally:
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = flag
+    return dict(out, reduced_precision_reduction=None if device == "cpu" else
+                (flag if reduced_precision_reduction is None else reduced_precision_reduction))
+
+
+def _fp16_split_rounding(device: str, *, steps: int, lr: float, batch_size: int, seq_len: int, seed: int) -> dict:
+    "The body of `fp16_split_rounding`."
     from cs336_nb.parallel import FSDP
     torch.manual_seed(seed)
     full = Fp16Probe().to(device)
@@ -239,7 +256,9 @@ def trace_fsdp(smoke: bool) -> dict:
     for order, collect in ((("fsdp2", "fsdp"), False), (("fsdp", "fsdp2"), True)):  # as bench_fsdp; then reversed, collected
         out["memory"] += launch(this.trace_fsdp_memory, ws, cfg, order=order, collect=collect, backend=backend,
                                 timeout=300, **kw)[0]
-    out["fp16"] = [fp16_split_rounding("cpu")] + ([fp16_split_rounding("cuda")] if torch.cuda.is_available() else [])
+    out["fp16"] = [fp16_split_rounding("cpu")]
+    if torch.cuda.is_available():
+        out["fp16"] += [fp16_split_rounding("cuda", reduced_precision_reduction=f) for f in (True, False)]
     from cs336_nb.core import describe_device
     out["device"], out["world_size"], out["model_params"] = describe_device(), ws, out["memory"][0]["params"]
     return out
@@ -256,10 +275,11 @@ def trace_tables(res: dict) -> str:
                      f"{fmt_bytes(r['after_empty_cache'])} | "
                      f"{fmt_bytes(r['params'])} | {fmt_bytes(r['grads'])} | {fmt_bytes(r['optimizer_state'])} | "
                      f"{fmt_bytes(r['other'])} | {blocks} |")
-    lines += ["", "| device | full batch vs two halves averaged (max param diff) | worst parameter | our FSDP (1 process) vs full batch |",
-              "|---|---:|---|---:|"]
+    lines += ["", "| device | fp16 reduced-precision GEMM reduction | full batch vs two halves averaged (max param diff) | worst parameter | our FSDP (1 process) vs full batch |",
+              "|---|---|---:|---|---:|"]
     for r in res["fp16"]:
-        lines.append(f"| {r['device']} | {r['split_vs_full']:.2e} | {r['split_worst_param']} | {r['ours_one_process_vs_full']:.2e} |")
+        lines.append(f"| {r['device']} | {r['reduced_precision_reduction']} | {r['split_vs_full']:.2e} | {r['split_worst_param']} | "
+                     f"{r['ours_one_process_vs_full']:.2e} |")
     return "\n".join(lines)
 
 
