@@ -186,6 +186,13 @@ def fa_tune(shapes=((32, 16, 512, 128, True), (32, 32, 512, 64, True), (1, 16, 1
                     K.FLASH_CONFIGS.pop((d, c), None)
             best = min(res, key=res.get)
             lines.append(f"| {(b, h, s, d, c)} | {('fwd', 'dK/dV', 'dQ')[which]} | {res[default[which]]:.3f} | {best} | {res[best]:.3f} |")
+        if c:   # the causal tile order: heaviest query tiles first (default) against the natural order
+            order = {}
+            for heavy_first in (True, False):
+                FA._CAUSAL_HEAVY_FIRST = heavy_first
+                order[heavy_first] = _fa_fwd_bwd_ms(ours, q, k, v, do, c)
+            FA._CAUSAL_HEAVY_FIRST = True
+            lines.append(f"| {(b, h, s, d, c)} | causal order, fwd+bwd | natural {order[False]:.3f} | heavy first | {order[True]:.3f} |")
         del q, k, v, do
     return "\n".join(lines)
 

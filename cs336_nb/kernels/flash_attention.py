@@ -144,6 +144,14 @@ def _key_range(q_start, N_K, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CA
         mid = N_K
     return (mid // BLOCK_K) * BLOCK_K, hi
 
+def _query_tile(IS_CAUSAL: tl.constexpr, HEAVY_FIRST: tl.constexpr):
+    "This program's query tile; causal with HEAVY_FIRST: the last tiles (which see the most keys) start first."
+    pid = tl.program_id(0)
+    if IS_CAUSAL:
+        if HEAVY_FIRST:
+            pid = tl.num_programs(0) - 1 - pid
+    return pid
+
 # %% ../../nbs/06d_flash_attention.ipynb #4b50a6d7
 def _fwd_tiles(acc, l_i, m_i, q, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_scale, lo, hi,
                D: tl.constexpr, BLOCK_K: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr):
@@ -174,10 +182,11 @@ def _fwd_tiles(acc, l_i, m_i, q, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, qk_s
 # %% ../../nbs/06d_flash_attention.ipynb #09d3728c
 def _flash_fwd_kernel(Q, K, V, O, L, s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_ob, s_on,
                       N_Q, N_K, qk_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                      BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
+                      BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                      HEAVY_FIRST: tl.constexpr):
     "Forward: one program per (query tile, batch); writes O and the natural-log logsumexp L."
     qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
-    q_start = tl.program_id(0) * BLOCK_Q
+    q_start = _query_tile(IS_CAUSAL, HEAVY_FIRST) * BLOCK_Q
     b = tl.program_id(1).to(tl.int64)
     offs_q = q_start + tl.arange(0, BLOCK_Q)
     offs_d = tl.arange(0, BLOCK_D)
@@ -292,11 +301,12 @@ def _dq_tiles(dq, q, do, lse, delta, K_b, V_b, s_kn, s_vn, offs_q, offs_d, N_K, 
 def _flash_bwd_dq_kernel(Q, K, V, DO, L, DELTA, DQ,
                          s_qb, s_qn, s_kb, s_kn, s_vb, s_vn, s_dob, s_don, s_dqb, s_dqn,
                          N_Q, N_K, qk_scale, sm_scale, D: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr):
+                         BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                         HEAVY_FIRST: tl.constexpr):
     "Backward, dQ: one program per (query tile, batch), walking the keys as the forward does."
     qk_scale = tl.cast(qk_scale, tl.float32)  # under torch.compile a Python float arrives as fp64
     sm_scale = tl.cast(sm_scale, tl.float32)
-    q_start = tl.program_id(0) * BLOCK_Q
+    q_start = _query_tile(IS_CAUSAL, HEAVY_FIRST) * BLOCK_Q
     b = tl.program_id(1).to(tl.int64)
     offs_q = q_start + tl.arange(0, BLOCK_Q)
     offs_d = tl.arange(0, BLOCK_D)
@@ -316,7 +326,7 @@ def _flash_bwd_dq_kernel(Q, K, V, DO, L, DELTA, DQ,
     tl.store(DQ + b * s_dqb + offs_q[:, None] * s_dqn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=qd_ok)
 
 # %% ../../nbs/06d_flash_attention.ipynb #165c1b5a
-_FLASH_TRITON_FUNCTIONS = ("_key_range", "_fwd_tiles", "_dkdv_tiles", "_dq_tiles", "_flash_fwd_kernel",
+_FLASH_TRITON_FUNCTIONS = ("_key_range", "_query_tile", "_fwd_tiles", "_dkdv_tiles", "_dq_tiles", "_flash_fwd_kernel",
                            "_flash_bwd_preprocess", "_flash_bwd_dkdv_kernel", "_flash_bwd_dq_kernel")
 
 @functools.cache
@@ -342,6 +352,8 @@ def flash_config(d: int, is_causal: bool, device_type: str = "cuda", elem_size: 
     return (64, 64, 4, 3), (32, 64, 4, 4), (128, 64, 8, 3)
 
 # %% ../../nbs/06d_flash_attention.ipynb #41852cef
+_CAUSAL_HEAVY_FIRST = True   # causal: launch the query tiles with the most keys first (shorter tail); for benchmarks
+
 def _flash_forward(q3: Tensor, k3: Tensor, v3: Tensor, is_causal: bool) -> tuple[Tensor, Tensor]:
     "Launch the forward on folded, contiguous (batch, seq, d) tensors: (O, logsumexp L (batch, n_q) in float32)."
     fwd_k, *_ = _flash_kernels()
@@ -354,7 +366,7 @@ def _flash_forward(q3: Tensor, k3: Tensor, v3: Tensor, is_causal: bool) -> tuple
     fwd_k[(triton.cdiv(nq, bq), B)](q3, k3, v3, o, lse, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
         v3.stride(0), v3.stride(1), o.stride(0), o.stride(1), nq, nk, scale * _LOG2E,
         D=d, BLOCK_D=max(16, triton.next_power_of_2(d)), BLOCK_Q=bq, BLOCK_K=bk, IS_CAUSAL=is_causal,
-        num_warps=nw, num_stages=ns)
+        HEAVY_FIRST=_CAUSAL_HEAVY_FIRST, num_warps=nw, num_stages=ns)
     return o, lse
 
 # %% ../../nbs/06d_flash_attention.ipynb #b07b1558
@@ -382,7 +394,7 @@ def _flash_backward(do3: Tensor, q3: Tensor, k3: Tensor, v3: Tensor, o: Tensor, 
         q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
         do3.stride(0), do3.stride(1), dq.stride(0), dq.stride(1),
         nq, nk, scale * _LOG2E, scale, D=d, BLOCK_D=bd, BLOCK_Q=bq2, BLOCK_K=bk2, IS_CAUSAL=is_causal,
-        num_warps=nw2, num_stages=ns2)
+        HEAVY_FIRST=_CAUSAL_HEAVY_FIRST, num_warps=nw2, num_stages=ns2)
     return dq, dk, dv
 
 # %% ../../nbs/06d_flash_attention.ipynb #b6453632
