@@ -153,6 +153,28 @@ def predicted_memory(cfg: ModelConfig, batch_size: int, seq_len: int, attn_backe
     return accounting.training_memory(cfg, batch_size, seq_len, attn_backend=attn_backend, compiled=compiled, **kw)["peak"]
 
 
+def memory_held_now(device) -> int:
+    "Bytes allocated on `device` once earlier rows' compiled graphs (and the models they hold) are dropped; 0 on a CPU."
+    torch._dynamo.reset()   # disk caches stay: the same graph compiles again from the FX-graph cache
+    gc.collect()
+    if device.type != "cuda": return 0
+    torch.cuda.synchronize(); torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
+def log_row(r: dict) -> None:
+    "One progress line per measured row."
+    print(f"{r['name']} (batch {r['batch_size']}): {r['step_ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
+          f"compile+first step {r['compile_s']:.0f} s", flush=True)
+
+
+def add_speed_ratio(rows: list[dict], ref_name: str, key: str) -> None:
+    "Set `r[key]`: the row's tokens/s over `ref_name`'s at the same batch (None where there is no such row)."
+    for r in rows:
+        ref = next((q for q in rows if q["name"] == ref_name and q["batch_size"] == r["batch_size"]), None)
+        r[key] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+
+
 def run_all(batch_size: int = 16, seq_len: int = 1024, reps: int = 20, small: bool = False, variants=None,
             batch_sizes: tuple[int, ...] = ()) -> dict:
     """Every variant at `batch_size`; then `ours-sdpa` and `reference` again at each of `batch_sizes` (larger batches
@@ -170,9 +192,7 @@ def run_all(batch_size: int = 16, seq_len: int = 1024, reps: int = 20, small: bo
                                                    for v in ("ours-sdpa", "reference") if v in variants]
     for v, bs in plan:
         torch.manual_seed(0)
-        base = 0
-        if device.type == "cuda":  # memory held before this variant (other objects in the process) is not its own
-            torch.cuda.synchronize(); torch.cuda.empty_cache(); base = torch.cuda.memory_allocated()
+        base = memory_held_now(device)  # memory held before this variant (other objects in the process) is not its own
         if v == "reference":
             model = RefLM(cfg, device=device)
             opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1,
@@ -189,12 +209,9 @@ def run_all(batch_size: int = 16, seq_len: int = 1024, reps: int = 20, small: bo
         r["predicted_memory"] = predicted_memory(cfg, bs, seq_len, "naive" if v == "ours-naive" else "sdpa",
                                                  compiled=compile)
         rows.append(r)
-        print(f"{v} (batch {bs}): {r['step_ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
-              f"compile+first step {r['compile_s']:.0f} s", flush=True)
+        log_row(r)
         del model, opt
-    for r in rows:
-        ref = next((q for q in rows if q["name"] == "reference" and q["batch_size"] == r["batch_size"]), None)
-        r["vs_reference"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+    add_speed_ratio(rows, "reference", "vs_reference")
     return dict(device=describe_device(device), batch_size=batch_size, seq_len=seq_len, config=cfg.to_dict(),
                 flops_per_token=flops_per_token(cfg, seq_len), rows=rows, small=small)
 
@@ -284,7 +301,8 @@ def predicted_memory_ablation(cfg: ModelConfig, batch_size: int, seq_len: int, *
     saved = linear_cross_entropy_memory(N, V, d, compute_dtype=torch.bfloat16 if compiled else torch.float32)["saved"]
     at_backward = m["peak_at_backward"] - held + saved
     c = min(N, loss_chunk or default_chunk_size(N, V, d))
-    at_loss_forward = at_backward - m["lm_head_gradient"] + c * V * a + 2 * V * d * a
+    # the chunk's logits; the weight's bf16 copy (compiled on a GPU) and the chunk's share of d/dW before it is added
+    at_loss_forward = at_backward - m["lm_head_gradient"] + c * V * a + (2 if compiled else 1) * V * d * a
     return max(at_backward, at_loss_forward, m["peak_at_optimizer"])
 
 
@@ -308,11 +326,7 @@ def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny
     for v, bs in tqdm(plan, desc="ablation", disable=not compile):
         attn, triton_norm, fused, opt_kind = ABLATION[v]
         torch.manual_seed(0)
-        base = 0
-        torch._dynamo.reset()   # drop the previous row's compiled graphs (and the model they hold); disk caches stay
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.synchronize(); torch.cuda.empty_cache(); base = torch.cuda.memory_allocated()
+        base = memory_held_now(device)
         model = TransformerLM.from_config(cfg.replace(attn_backend=attn), device=device)
         if triton_norm: use_triton_rmsnorm(model)
         opt = make_optimizer(opt_kind, model.parameters(), device)
@@ -324,12 +338,9 @@ def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny
                  predicted_memory=predicted_memory_ablation(cfg, bs, seq_len, attn_backend=attn, fused_loss=fused,
                                                             compiled=compile, loss_chunk=loss_chunk))
         rows.append(r)
-        print(f"{v} (batch {bs}): {r['step_ms']:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
-              f"compile+first step {r['compile_s']:.0f} s, held before {base / 2**20:.0f} MiB", flush=True)
+        log_row(r)
         del model, opt
-    for r in rows:
-        base_row = next((q for q in rows if q["name"] == "baseline" and q["batch_size"] == r["batch_size"]), None)
-        r["vs_baseline"] = r["tokens_per_s"] / base_row["tokens_per_s"] if base_row else None
+    add_speed_ratio(rows, "baseline", "vs_baseline")
     return dict(device=describe_device(device), batch_size=batch_size, seq_len=seq_len, config=cfg.to_dict(),
                 flops_per_token=flops_per_token(cfg, seq_len), rows=rows, tiny=tiny)
 

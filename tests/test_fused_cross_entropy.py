@@ -129,9 +129,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="impl"): linear_cross_entropy(hidden, weight, targets, impl="cuda")
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_lm_loss_matches_unfused(tie):
-    cfg = ModelConfig.tiny(vocab_size=67, context_length=12, tie_embeddings=tie)
+def test_lm_loss_matches_unfused():
+    "Tied embeddings: the head's and the embedding's gradients meet in one parameter."
+    cfg = ModelConfig.tiny(vocab_size=67, context_length=12, tie_embeddings=True, num_layers=1)
 
     def run(fused):
         torch.manual_seed(0)
@@ -152,17 +152,3 @@ def test_lm_loss_refuses_soft_cap():
     x = torch.randint(0, 67, (2, 12))
     with pytest.raises(ValueError, match="logit_soft_cap"): lm_loss(model, x, x)
 
-
-def test_bench_ablation_tiny(root):
-    "bench_training.py --ablation --tiny: the baseline and the fused-loss rows on a CPU, and their markdown."
-    import sys
-    sys.path.insert(0, str(root / "benchmarks"))
-    try:
-        import bench_training
-    finally:
-        sys.path.pop(0)
-    res = bench_training.run_ablation(tiny=True, variants=["baseline", "+ fused linear+CE"], batch_sizes=())
-    assert [r["name"] for r in res["rows"]] == ["baseline", "+ fused linear+CE"]
-    assert res["rows"][1]["fused_loss"]
-    assert res["rows"][1]["predicted_memory"] < res["rows"][0]["predicted_memory"]
-    assert "| + fused linear+CE |" in bench_training.ablation_markdown(res)
