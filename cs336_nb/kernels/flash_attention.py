@@ -24,6 +24,36 @@ __all__ = ['FLASH_CONFIGS', 'attention_reference', 'FlashAttention2PyTorch', 'fl
 # %% ../../nbs/06d_flash_attention.ipynb #162574c1
 triton = tl = None  # bound in this module by `_bind_triton(globals())` when a kernel is first built
 
+# %% ../../nbs/06d_flash_attention.ipynb #ef2af3f3
+def _flash_forward_pytorch(q, k, v, is_causal, block_q, block_k):
+    "FlashAttention-2 forward, tiled, on (batch, seq, d): the online softmax over key tiles; returns (O, logsumexp L)."
+    B, nq, d = q.shape
+    nk = k.shape[1]
+    scale = d ** -0.5
+    f32 = _acc_dtype(q.dtype)
+    o = torch.empty(B, nq, v.shape[-1], device=q.device, dtype=q.dtype)
+    lse = torch.empty(B, nq, device=q.device, dtype=f32)
+    for i in range(0, nq, block_q):
+        qi = q[:, i:i + block_q].to(f32)
+        m = torch.full(qi.shape[:2], float("-inf"), device=q.device, dtype=f32)     # running row max
+        l = torch.zeros(qi.shape[:2], device=q.device, dtype=f32)                   # running row sum of exp
+        acc = torch.zeros(B, qi.shape[1], v.shape[-1], device=q.device, dtype=f32)
+        for j in range(0, nk, block_k):
+            if is_causal and j > i + qi.shape[1] - 1: break                      # tiles above the diagonal
+            s = qi @ k[:, j:j + block_k].to(f32).transpose(1, 2) * scale
+            if is_causal:
+                msk = torch.arange(i, i + qi.shape[1], device=q.device)[:, None] >= torch.arange(j, j + s.shape[2], device=q.device)[None, :]
+                s = s.masked_fill(~msk, float("-inf"))
+            m_new = torch.maximum(m, s.amax(-1))
+            p = torch.exp(s - m_new[..., None])
+            alpha = torch.exp(m - m_new)
+            l = alpha * l + p.sum(-1)
+            acc = alpha[..., None] * acc + p @ v[:, j:j + block_k].to(f32)
+            m = m_new
+        o[:, i:i + block_q] = (acc / l[..., None]).to(q.dtype)
+        lse[:, i:i + block_q] = m + torch.log(l)
+    return o, lse
+
 # %% ../../nbs/06d_flash_attention.ipynb #333b81c7
 def _acc_dtype(dt: torch.dtype) -> torch.dtype:
     return torch.float64 if dt == torch.float64 else torch.float32
@@ -89,36 +119,11 @@ class FlashAttention2PyTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, is_causal=False):
         _check_qkv(q, k, v)
-        shape = q.shape
         q3, k3, v3 = _fold(q, "q"), _fold(k, "k"), _fold(v, "v")
-        B, nq, d = q3.shape; nk = k3.shape[1]
-        bq, bk = FlashAttention2PyTorch.block_q, FlashAttention2PyTorch.block_k
-        scale = d ** -0.5
-        f32 = _acc_dtype(q.dtype)
-        o = torch.empty(B, nq, v3.shape[-1], device=q.device, dtype=q.dtype)
-        lse = torch.empty(B, nq, device=q.device, dtype=f32)
-        for i in range(0, nq, bq):
-            qi = q3[:, i:i + bq].to(f32)
-            m = torch.full(qi.shape[:2], float("-inf"), device=q.device, dtype=f32)
-            l = torch.zeros(qi.shape[:2], device=q.device, dtype=f32)
-            acc = torch.zeros(B, qi.shape[1], v3.shape[-1], device=q.device, dtype=f32)
-            for j in range(0, nk, bk):
-                if is_causal and j > i + qi.shape[1] - 1: break
-                s = qi @ k3[:, j:j + bk].to(f32).transpose(1, 2) * scale
-                if is_causal:
-                    msk = torch.arange(i, i + qi.shape[1], device=q.device)[:, None] >= torch.arange(j, j + s.shape[2], device=q.device)[None, :]
-                    s = s.masked_fill(~msk, float("-inf"))
-                m_new = torch.maximum(m, s.amax(-1))
-                p = torch.exp(s - m_new[..., None])
-                alpha = torch.exp(m - m_new)
-                l = alpha * l + p.sum(-1)
-                acc = alpha[..., None] * acc + p @ v3[:, j:j + bk].to(f32)
-                m = m_new
-            o[:, i:i + bq] = (acc / l[..., None]).to(q.dtype)
-            lse[:, i:i + bq] = m + torch.log(l)
+        o, lse = _flash_forward_pytorch(q3, k3, v3, is_causal, FlashAttention2PyTorch.block_q, FlashAttention2PyTorch.block_k)
         ctx.save_for_backward(q3, k3, v3, o, lse)
         ctx.is_causal, ctx.shapes = is_causal, (q.shape, k.shape, v.shape)
-        return o.view(*shape[:-1], v3.shape[-1])
+        return o.view(*q.shape[:-1], v3.shape[-1])
 
     @staticmethod
     def backward(ctx, do):

@@ -23,50 +23,54 @@ __all__ = ['RMSNORM_MAX_DIM', 'RMSNORM_BWD_CONFIG', 'RMSNormTritonFunction', 'rm
 triton = tl = None  # bound in this module by `_bind_triton(globals())` when a kernel is first built
 
 # %% ../../nbs/06c_rmsnorm.ipynb #94674508
-@functools.cache
-def _rmsnorm_kernels():
-    global _rmsnorm_fwd_kernel, _rmsnorm_bwd_kernel
-    _bind_triton(globals())
+def _rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, D, eps,
+                        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    "Forward: BLOCK_M rows per program; y = x * rstd * w and one float32 rstd = 1/rms per row."
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
+    offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + eps)
+    y = x * rstd[:, None] * w[None, :]
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
 
-    @triton.jit
-    def _rmsnorm_fwd_kernel(x_ptr, w_ptr, y_ptr, rstd_ptr, n_rows, D, eps,
-                            BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_D)
-        mask = (rows[:, None] < n_rows) & (cols[None, :] < D)
+# %% ../../nbs/06c_rmsnorm.ipynb #491af2f3
+def _rmsnorm_bwd_kernel(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, n_rows, D,
+                        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    "Backward: a persistent grid; each program walks a strided set of rows, writes dx, keeps a partial dw."
+    pid = tl.program_id(0)
+    n_progs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_D)
+    cmask = cols < D
+    w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(pid * BLOCK_M, n_rows, n_progs * BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        rmask = rows < n_rows
+        mask = rmask[:, None] & cmask[None, :]
         offs = rows[:, None].to(tl.int64) * D + cols[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + eps)
-        y = x * rstd[:, None] * w[None, :]
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
+        xhat = x * rstd[:, None]
+        g = dy * w[None, :]
+        c = tl.sum(g * xhat, axis=1) / D
+        dx = (g - xhat * c[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw += tl.sum(dy * xhat, axis=0)
+    tl.store(dw_partial_ptr + pid * D + cols, dw, mask=cmask)
 
-    @triton.jit
-    def _rmsnorm_bwd_kernel(dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, n_rows, D,
-                            BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-        pid = tl.program_id(0)
-        n_progs = tl.num_programs(0)
-        cols = tl.arange(0, BLOCK_D)
-        cmask = cols < D
-        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-        dw = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for start in range(pid * BLOCK_M, n_rows, n_progs * BLOCK_M):
-            rows = start + tl.arange(0, BLOCK_M)
-            rmask = rows < n_rows
-            mask = rmask[:, None] & cmask[None, :]
-            offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
-            xhat = x * rstd[:, None]
-            g = dy * w[None, :]
-            c = tl.sum(g * xhat, axis=1) / D
-            dx = (g - xhat * c[:, None]) * rstd[:, None]
-            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-            dw += tl.sum(dy * xhat, axis=0)
-        tl.store(dw_partial_ptr + pid * D + cols, dw, mask=cmask)
-    return _rmsnorm_fwd_kernel, _rmsnorm_bwd_kernel
+# %% ../../nbs/06c_rmsnorm.ipynb #b402cc90
+@functools.cache
+def _rmsnorm_kernels():
+    "On first use: bind `triton` and `tl` in this module and wrap its two kernel functions in `triton.jit`, in place."
+    _bind_triton(globals())
+    g = globals()
+    for name in ("_rmsnorm_fwd_kernel", "_rmsnorm_bwd_kernel"): g[name] = triton.jit(g[name])
+    return g["_rmsnorm_fwd_kernel"], g["_rmsnorm_bwd_kernel"]
 
 # %% ../../nbs/06c_rmsnorm.ipynb #d64d4d33
 RMSNORM_MAX_DIM = 65536
