@@ -183,12 +183,12 @@ def fa_tune(shapes=((32, 16, 512, 128, True), (1, 16, 16384, 64, True))) -> str:
                     K.FLASH_CONFIGS.pop((d, c), None)
             best = min(res, key=res.get)
             lines.append(f"| {(b, h, s, d, c)} | {('fwd', 'dK/dV', 'dQ')[which]} | {res[default[which]]:.3f} | {best} | {res[best]:.3f} |")
-        if c:   # the causal tile order: heaviest query tiles first (default) against the natural order
-            order = {}
+        if c:   # the causal tile order: natural (the default) against the heaviest query tiles first
+            order, default_order = {}, FA._CAUSAL_HEAVY_FIRST
             for heavy_first in (True, False):
                 FA._CAUSAL_HEAVY_FIRST = heavy_first
                 order[heavy_first] = _fa_fwd_bwd_ms(ours, q, k, v, do, c)
-            FA._CAUSAL_HEAVY_FIRST = True
+            FA._CAUSAL_HEAVY_FIRST = default_order
             lines.append(f"| {(b, h, s, d, c)} | causal order, fwd+bwd | natural {order[False]:.3f} | heavy first | {order[True]:.3f} |")
         del q, k, v, do
     return "\n".join(lines)

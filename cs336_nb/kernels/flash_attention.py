@@ -357,7 +357,7 @@ def flash_config(d: int, is_causal: bool, device_type: str = "cuda", elem_size: 
     return (64, 64, 4, 3), (32, 64, 4, 4), (128, 64, 8, 3)
 
 # %% ../../nbs/06d_flash_attention.ipynb #41852cef
-_CAUSAL_HEAVY_FIRST = True   # causal: launch the query tiles with the most keys first (shorter tail); for benchmarks
+_CAUSAL_HEAVY_FIRST = False  # causal: launch the query tiles that see the most keys first? (bench_kernels.py --fa-tune compares)
 
 def _flash_forward(q3: Tensor, k3: Tensor, v3: Tensor, is_causal: bool) -> tuple[Tensor, Tensor]:
     "Launch the forward on folded, contiguous (batch, seq, d) tensors: (O, logsumexp L (batch, n_q) in float32)."
