@@ -77,21 +77,22 @@ def gelu_cuda(x: Float[Tensor, "..."]) -> Float[Tensor, "..."]:
     return _gelu_cuda_module().gelu(x)
 
 # %% ../../nbs/06b_elementwise.ipynb #54f05dd2
+def _gelu_fwd_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    "GeLU: BLOCK consecutive elements per program, computed in float32."
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
+    a = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    y = x / (1.0 + tl.exp(-2.0 * a))          # 0.5 x (1 + tanh a) = x sigmoid(2a)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
 @functools.cache
 def _gelu_kernel():
-    "Build the GeLU kernel on first use (binds `triton` and `tl` in this module first)."
+    "On first use: bind `triton` and `tl` in this module and wrap the kernel function in `triton.jit`, in place."
     global _gelu_fwd_kernel
     _bind_triton(globals())
-
-    @triton.jit
-    def _gelu_fwd_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
-        pid = tl.program_id(0).to(tl.int64)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
-        a = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-        y = x / (1.0 + tl.exp(-2.0 * a))          # 0.5 x (1 + tanh a) = x sigmoid(2a)
-        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    _gelu_fwd_kernel = triton.jit(_gelu_fwd_kernel)
     return _gelu_fwd_kernel
 
 def _on_gpu(name: str, *tensors) -> None:
@@ -153,22 +154,23 @@ def softmax_memory_traffic(m: int, n: int) -> dict[str, dict[str, int]]:
     return out
 
 # %% ../../nbs/06b_elementwise.ipynb #f3d4a834
+def _softmax_fwd_kernel(x_ptr, y_ptr, n_cols, stride_x, stride_y, BLOCK: tl.constexpr):
+    "Row softmax: one program per row, the whole row in registers, computed in float32."
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=-float("inf")).to(tl.float32)
+    x = x - tl.max(x, axis=0)
+    num = tl.exp(x)
+    y = num / tl.sum(num, axis=0)
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
 @functools.cache
 def _softmax_kernel():
-    "Build the row-softmax kernel on first use (binds `triton` and `tl` in this module first)."
+    "On first use: bind `triton` and `tl` in this module and wrap the kernel function in `triton.jit`, in place."
     global _softmax_fwd_kernel
     _bind_triton(globals())
-
-    @triton.jit
-    def _softmax_fwd_kernel(x_ptr, y_ptr, n_cols, stride_x, stride_y, BLOCK: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.arange(0, BLOCK)
-        mask = offs < n_cols
-        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=-float("inf")).to(tl.float32)
-        x = x - tl.max(x, axis=0)
-        num = tl.exp(x)
-        y = num / tl.sum(num, axis=0)
-        tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    _softmax_fwd_kernel = triton.jit(_softmax_fwd_kernel)
     return _softmax_fwd_kernel
 
 @functools.cache
