@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor, nn
 
-from .model import ModelConfig, TransformerLM
+from .model import ROPE_SCALING_KEYS, ModelConfig, TransformerLM
 
 # %% auto #0
 __all__ = ['SUPPORTED_ARCHITECTURES', 'hf_architecture', 'config_from_hf', 'rope_permutation', 'state_dict_from_hf',
@@ -49,16 +49,25 @@ def hf_architecture(hf_config: Mapping[str, Any]) -> str:
 
 # %% ../nbs/08a_hf_checkpoints.ipynb #98b73573
 def _rope_theta(hf: Mapping[str, Any]) -> float:
-    "RoPE base from a config dict (old `rope_theta`/`rope_scaling` or transformers-5 `rope_parameters`); unscaled RoPE only."
+    "RoPE base from a config dict (old `rope_theta` or transformers-5 `rope_parameters`)."
+    if dict(hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+        raise ValueError("partial_rotary_factor != 1 is not supported (we rotate every dimension of each head)")
+    return float(dict(hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _rope_scaling(hf: Mapping[str, Any]) -> dict | None:
+    "`ModelConfig.rope_scaling` from `rope_scaling` or `rope_parameters`: None for plain RoPE, Llama 3.1's five numbers for 'llama3'."
     params = dict(hf.get("rope_parameters") or {})
     scaling = hf.get("rope_scaling") or {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
     rope_type = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
-    if rope_type != "default":
-        raise ValueError(f"RoPE scaling {rope_type!r} is not supported (our RoPE is unscaled: rope_type 'default' only); "
-                         f"got {scaling}")
-    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError("partial_rotary_factor != 1 is not supported (we rotate every dimension of each head)")
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if rope_type == "default": return None
+    if rope_type != "llama3":
+        raise ValueError(f"RoPE scaling {rope_type!r} is not supported (plain RoPE and Llama 3.1's 'llama3' only); got {scaling}")
+    out = dict(rope_type="llama3", original_max_position_embeddings=hf.get("max_position_embeddings"))
+    out.update({k: scaling[k] for k in ROPE_SCALING_KEYS[1:] if k in scaling})
+    missing = [k for k in ROPE_SCALING_KEYS if out.get(k) is None]
+    if missing: raise ValueError(f"RoPE scaling 'llama3' needs {', '.join(missing)}; got {scaling}")
+    return out
 
 
 def _check_dense_llama(hf: Mapping[str, Any]) -> None:
@@ -85,7 +94,8 @@ def config_from_hf(hf: Mapping[str, Any], *, context_length: int | None = None) 
     cfg = dict(vocab_size=hf["vocab_size"], context_length=ctx, d_model=d, num_layers=hf["num_hidden_layers"], num_heads=h,
                d_ff=hf["intermediate_size"], rope_theta=_rope_theta(hf), num_kv_heads=None if hf.get("num_key_value_heads", h) == h else hf["num_key_value_heads"],
                tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=kind.startswith("qwen3"),
-               head_dim=None if head_dim * h == d else head_dim, norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
+               head_dim=None if head_dim * h == d else head_dim, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+               rope_scaling=_rope_scaling(hf))
     if kind in ("mixtral", "qwen3_moe"): cfg.update(_moe_config_from_hf(hf, kind))
     return ModelConfig(**cfg)
 
@@ -207,6 +217,9 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None) -> dict[str,
               head_dim=cfg.d_head, max_position_embeddings=cfg.context_length, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
               tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta,
               rope_parameters=dict(rope_type="default", rope_theta=cfg.rope_theta))
+    scaling = getattr(cfg, "rope_scaling", None)
+    if scaling is not None:  # Llama 3.1: the five numbers, in both the old and the transformers-5 place
+        hf.update(rope_scaling=dict(scaling), rope_parameters=dict(scaling, rope_theta=cfg.rope_theta))
     if kind in ("mixtral", "qwen3_moe"): hf.update(_moe_config_to_hf(cfg, kind))
     return hf
 
@@ -232,7 +245,7 @@ def to_hf(model: TransformerLM, *, architecture: str | None = None) -> nn.Module
     _arch = hf["architectures"][0]
     cls = getattr(transformers, _CONFIG_CLASSES[_arch])
     params = inspect.signature(cls.__init__).parameters  # transformers 5 takes rope_parameters, 4.x rope_theta
-    hf.pop("rope_parameters" if "rope_theta" in params else "rope_theta")
+    for k in ("rope_parameters",) if "rope_theta" in params else ("rope_theta", "rope_scaling"): hf.pop(k, None)
     rest = {} if any(p.kind is p.VAR_KEYWORD for p in params.values()) else {k: hf.pop(k) for k in list(hf) if k not in params}
     hf_cfg = cls(**hf)
     for k, v in rest.items():  # fields some config classes set only as attributes (e.g. Qwen3-MoE's head_dim)

@@ -22,11 +22,12 @@ from torch import Tensor, nn
 from .accounting import ModelShape
 
 # %% auto #0
-__all__ = ['AttentionBackend', 'NormKind', 'FFNKind', 'Linear', 'Embedding', 'RMSNorm', 'LayerNorm', 'silu', 'gelu', 'softmax',
-           'swiglu_hidden_dim', 'SwiGLU', 'MLP', 'RotaryPositionalEmbedding', 'scaled_dot_product_attention',
-           'register_attention_backend', 'available_attention_backends', 'get_attention_backend',
-           'set_attention_backend', 'use_attention_backend', 'causal_mask', 'MultiHeadSelfAttention',
-           'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig', 'TransformerLM', 'KVCache', 'sample_logits']
+__all__ = ['ROPE_SCALING_KEYS', 'AttentionBackend', 'NormKind', 'FFNKind', 'Linear', 'Embedding', 'RMSNorm', 'LayerNorm', 'silu',
+           'gelu', 'softmax', 'swiglu_hidden_dim', 'SwiGLU', 'MLP', 'RotaryPositionalEmbedding',
+           'rope_scaled_frequencies', 'scaled_dot_product_attention', 'register_attention_backend',
+           'available_attention_backends', 'get_attention_backend', 'set_attention_backend', 'use_attention_backend',
+           'causal_mask', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig',
+           'TransformerLM', 'KVCache', 'sample_logits']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -183,13 +184,14 @@ class MLP(nn.Module):
 # %% ../nbs/03_architectures.ipynb #627549b2
 class RotaryPositionalEmbedding(nn.Module):
     "RoPE: rotate each pair (x[2i], x[2i+1]) at position p by angle p * theta**(-2i/d_k)."
-    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None):
+    def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None, *, scaling: dict | None = None):
         super().__init__()
         if not (isinstance(theta, (int, float)) and theta > 0): raise ValueError(f"theta must be a positive number, got {theta!r}")
         _check_pos_int("d_k", d_k); _check_pos_int("max_seq_len", max_seq_len)
         if d_k % 2: raise ValueError(f"d_k must be even for RoPE, got {d_k}")
-        self.theta, self.d_k, self.max_seq_len = float(theta), d_k, max_seq_len
-        inv_freq = self.theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64, device=device) / d_k)
+        self.theta, self.d_k, self.max_seq_len, self.scaling = float(theta), d_k, max_seq_len, scaling
+        inv_freq = self.theta ** (-torch.arange(0, d_k, 2, dtype=torch.float64, device=device) / d_k)  # (d_k/2,)
+        if scaling is not None: inv_freq = rope_scaled_frequencies(inv_freq, scaling)  # Llama 3.1, below
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64, device=device), inv_freq)
         self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_seq_len, d_k/2)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
@@ -201,7 +203,23 @@ class RotaryPositionalEmbedding(nn.Module):
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
-    def extra_repr(self) -> str: return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
+    def extra_repr(self) -> str:
+        return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}" + (f", scaling={self.scaling}" if self.scaling else "")
+
+# %% ../nbs/03_architectures.ipynb #e01fc772
+ROPE_SCALING_KEYS = ("rope_type", "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_scaled_frequencies(inv_freq: Float[Tensor, "half"], scaling: dict) -> Float[Tensor, "half"]:
+    "RoPE's per-pair frequencies rescaled as `scaling` says: Llama 3.1's rule (`rope_type` 'llama3', the keys above)."
+    if not isinstance(scaling, dict) or scaling.get("rope_type") != "llama3" or set(scaling) != set(ROPE_SCALING_KEYS):
+        raise ValueError(f"rope scaling must be a dict with keys {ROPE_SCALING_KEYS} and rope_type 'llama3', got {scaling!r}")
+    factor, lo, hi, L = (float(scaling[k]) for k in ROPE_SCALING_KEYS[1:])
+    if not (factor >= 1 and 0 < lo < hi and L > 0): raise ValueError(f"need factor >= 1 and 0 < low_freq_factor < high_freq_factor, got {scaling}")
+    wavelen = 2 * math.pi / inv_freq                                   # (half,) tokens per turn of each pair
+    blend = ((L / wavelen - lo) / (hi - lo)).clamp(0, 1)               # 0: slow pairs (scaled), 1: fast pairs (kept)
+    return torch.where(wavelen > L / lo, inv_freq / factor,
+                       torch.where(wavelen < L / hi, inv_freq, (1 - blend) * inv_freq / factor + blend * inv_freq))
 
 # %% ../nbs/03_architectures.ipynb #6347b60f
 def scaled_dot_product_attention(
@@ -302,7 +320,7 @@ class MultiHeadSelfAttention(nn.Module):
     "Causal multi-head self-attention with optional RoPE (`theta`), grouped-query K/V heads, QK-norm and a sliding window."
     def __init__(self, d_model: int, num_heads: int, *, num_kv_heads: int | None = None, max_seq_len: int | None = None,
                  theta: float | None = None, qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
-                 norm_eps: float = 1e-5, sliding_window: int | None = None, device=None, dtype=None):
+                 norm_eps: float = 1e-5, sliding_window: int | None = None, rope_scaling: dict | None = None, device=None, dtype=None):
         super().__init__()
         _check_pos_int("d_model", d_model); _check_pos_int("num_heads", num_heads)
         if head_dim is None and d_model % num_heads: raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
@@ -310,6 +328,7 @@ class MultiHeadSelfAttention(nn.Module):
         if num_heads % num_kv_heads: raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
         if attn_backend is not None and not isinstance(attn_backend, str):
             raise TypeError(f"attn_backend must be a registered backend name or None, got {type(attn_backend).__name__}")
+        if attn_backend is not None: get_attention_backend(attn_backend)  # validate; load a later lecture's backend now, not while torch.compile traces
         self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
         self.d_head = d_model // num_heads if head_dim is None else _check_pos_int("head_dim", head_dim)  # Qwen3: 128 at d_model 1024, 16 heads
         self.attn_backend = attn_backend
@@ -321,7 +340,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.output_proj = Linear(num_heads * self.d_head, d_model, **kw)
         if theta is not None:
             if max_seq_len is None: raise ValueError("max_seq_len is required when theta (RoPE) is given")
-            self.rope = RotaryPositionalEmbedding(theta, self.d_head, max_seq_len, device=device)
+            self.rope = RotaryPositionalEmbedding(theta, self.d_head, max_seq_len, device=device, scaling=rope_scaling)
         else: self.rope = None
         self.q_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
         self.k_norm = RMSNorm(self.d_head, eps=norm_eps, **kw) if qk_norm else None
@@ -389,7 +408,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, d_model: int, num_heads: int, d_ff: int, *, max_seq_len: int | None, theta: float | None,
                  num_kv_heads: int | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
                  ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
-                 norm_eps: float = 1e-5, sliding_window: int | None = None, device=None, dtype=None):
+                 norm_eps: float = 1e-5, sliding_window: int | None = None, rope_scaling: dict | None = None, device=None, dtype=None):
         super().__init__()
         if norm_position not in ("pre", "post"): raise ValueError(f"norm_position must be 'pre' or 'post', got {norm_position!r}")
         _check_pos_int("d_ff", d_ff)
@@ -398,7 +417,7 @@ class TransformerBlock(nn.Module):
         self.ln1 = _make_norm(norm, d_model, norm_eps, **kw)
         self.attn = MultiHeadSelfAttention(d_model, num_heads, num_kv_heads=num_kv_heads, max_seq_len=max_seq_len, theta=theta,
                                            qk_norm=qk_norm, attn_backend=attn_backend, head_dim=head_dim, norm_eps=norm_eps,
-                                           sliding_window=sliding_window, **kw)
+                                           sliding_window=sliding_window, rope_scaling=rope_scaling, **kw)
         self.ln2 = _make_norm(norm, d_model, norm_eps, **kw)
         self.ffn = _make_ffn(ffn, d_model, d_ff, **kw)
 
@@ -483,6 +502,7 @@ class ModelConfig(ModelShape):
     moe: MoEConfig | None = None       # mixture-of-experts FFNs (Lecture 5); None: every FFN dense
     sliding_window: int | None = None  # local layers attend to the last `sliding_window` positions; None: every layer global
     global_every: int | None = None    # with a window: every n-th layer is global (Gemma 2: 2, Gemma 3: 6); None: all local
+    rope_scaling: dict | None = None   # RoPE frequency scaling (`rope_scaled_frequencies`: Llama 3.1's 'llama3'); None: plain RoPE
 
     def __post_init__(self):
         super().__post_init__()
@@ -492,6 +512,7 @@ class ModelConfig(ModelShape):
         if self.global_every is not None:
             _check_pos_int("global_every", self.global_every)
             if self.sliding_window is None: raise ValueError("global_every needs sliding_window (the width of the local layers)")
+        if self.rope_scaling is not None: rope_scaled_frequencies(torch.ones(1, dtype=torch.float64), self.rope_scaling)  # validates
 
     def _check_head_width(self) -> None:
         "Heads split d_model evenly, unless head_dim sets their width."
@@ -546,11 +567,12 @@ class TransformerLM(nn.Module):
                  logit_soft_cap: float | None = None, norm: NormKind = "rms", norm_position: Literal["pre", "post"] = "pre",
                  ffn: FFNKind = "swiglu", qk_norm: bool = False, attn_backend: str | None = None, head_dim: int | None = None,
                  norm_eps: float = 1e-5, moe: "MoEConfig | dict | None" = None, sliding_window: int | None = None,
-                 global_every: int | None = None, device=None, dtype=None):
+                 global_every: int | None = None, rope_scaling: dict | None = None, device=None, dtype=None):
         super().__init__()
         self.config = ModelConfig(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, num_kv_heads,
                                   tie_embeddings, logit_soft_cap, norm, norm_position, ffn, qk_norm, attn_backend,
-                                  head_dim=head_dim, norm_eps=norm_eps, moe=moe, sliding_window=sliding_window, global_every=global_every)
+                                  head_dim=head_dim, norm_eps=norm_eps, moe=moe, sliding_window=sliding_window, global_every=global_every,
+                                  rope_scaling=rope_scaling)
         if logit_soft_cap is not None and not logit_soft_cap > 0: raise ValueError(f"logit_soft_cap must be > 0, got {logit_soft_cap}")
         kw = dict(device=device, dtype=dtype)
         self.context_length, self.vocab_size, self.logit_soft_cap = context_length, vocab_size, logit_soft_cap
@@ -558,7 +580,7 @@ class TransformerLM(nn.Module):
         self.layers = nn.ModuleList(
             TransformerBlock(d_model, num_heads, d_ff, max_seq_len=context_length, theta=rope_theta, num_kv_heads=num_kv_heads,
                              norm=norm, norm_position=norm_position, ffn=ffn, qk_norm=qk_norm, attn_backend=attn_backend,
-                             head_dim=head_dim, norm_eps=norm_eps, sliding_window=window, **kw)
+                             head_dim=head_dim, norm_eps=norm_eps, sliding_window=window, rope_scaling=rope_scaling, **kw)
             for window in self.config.layer_windows())
         if self.config.moe is not None:  # layers.{i}.ffn becomes a cs336_nb.moe.MoE (built by the config, Lecture 5)
             if ffn != "swiglu": raise ValueError(f"moe layers are SwiGLU experts; ffn must be 'swiglu', got {ffn!r}")

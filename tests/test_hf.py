@@ -16,6 +16,8 @@ KINDS = {  # name -> (config class, extra fields)
     "llama": ("LlamaConfig", dict()),
     "llama_mqa_tied": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=500.0)),
     "mistral": ("MistralConfig", dict(sliding_window=48)),
+    "llama31_scaled_rope": ("LlamaConfig", dict(rope_parameters=dict(rope_type="llama3", rope_theta=1e4, factor=8.0, low_freq_factor=1.0,
+                                                                    high_freq_factor=4.0, original_max_position_embeddings=16))),
     "qwen3": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
     "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
     "qwen3_moe": ("Qwen3MoeConfig", dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24,
@@ -157,7 +159,7 @@ def test_dtype_follows_the_source_or_the_argument():
 BAD = [
     (dict(architectures=["GPT2LMHeadModel"]), "unsupported Hugging Face architecture"),
     (dict(model_type="gemma"), "supported: " + ", ".join(SUPPORTED_ARCHITECTURES)),
-    (dict(rope_scaling=dict(rope_type="llama3", factor=8.0)), "RoPE scaling 'llama3' is not supported"),
+    (dict(rope_scaling=dict(rope_type="llama3", factor=8.0)), "RoPE scaling 'llama3' needs low_freq_factor"),
     (dict(rope_parameters=dict(rope_type="yarn", rope_theta=1e4, factor=4.0)), "RoPE scaling 'yarn' is not supported"),
     (dict(attention_bias=True), "attention_bias=True is not supported"),
     (dict(mlp_bias=True), "mlp_bias=True is not supported"),
@@ -204,3 +206,16 @@ def test_missing_weights_are_an_error():
     cfg = config_from_hf({**ref.config.to_dict(), "architectures": ["LlamaForCausalLM"]})
     with pytest.raises(RuntimeError, match="Missing key"):
         TransformerLM.from_config(cfg).load_state_dict(state_dict_from_hf(sd, cfg))
+
+
+def test_llama31_rope_scaling_changes_the_model_and_round_trips():
+    ref = _hf("llama31_scaled_rope")
+    ours = from_hf(ref)
+    assert ours.config.rope_scaling == dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                            original_max_position_embeddings=16)
+    plain = from_hf(_hf("llama"))                     # same weights (same seed), plain RoPE
+    ids = _ids()
+    with torch.no_grad(): assert (ours(ids) - plain(ids)).abs().max().item() > 1e-3
+    back = to_hf(ours)
+    with torch.no_grad(): assert (back(ids).logits - ref(ids).logits).abs().max().item() < 1e-4
+    assert TransformerLM.from_config(ours.config).layers[0].attn.rope.cos.equal(ours.layers[0].attn.rope.cos)
