@@ -22,7 +22,7 @@ from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from .accounting import bytes_per_element, kv_cache_bytes_per_token
+from .accounting import ModelShape, bytes_per_element, kv_cache_bytes_per_token
 from .model import KVCache, Linear, ModelConfig, RotaryPositionalEmbedding, TransformerLM, scaled_dot_product_attention
 
 # %% auto #0
@@ -52,9 +52,9 @@ def attention_intensity(batch: int, q_len: int, kv_len: int, d_model: int, bytes
 LLAMA2_13B = ModelConfig(vocab_size=32000, context_length=4096, d_model=5120, num_layers=40, num_heads=40, d_ff=13824)
 
 
-def decode_cost(cfg: ModelConfig, batch_size: int, seq_len: int, *, bandwidth: float, dtype: torch.dtype = torch.bfloat16) -> dict:
+def decode_cost(cfg: ModelShape, batch_size: int, seq_len: int, *, bandwidth: float, dtype: torch.dtype = torch.bfloat16) -> dict:
     "Memory-bound decode of `batch_size` sequences of `seq_len` tokens: memory (weights + KV cache), latency per step and tokens/s."
-    if not isinstance(cfg, ModelConfig): raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    if not isinstance(cfg, ModelShape): raise TypeError(f"cfg must be a ModelConfig (or Lecture 2's ModelShape), got {type(cfg).__name__}")
     if batch_size < 1 or seq_len < 1: raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
     if bandwidth <= 0: raise ValueError(f"bandwidth must be > 0 bytes/s, got {bandwidth}")
     params = cfg.num_params()

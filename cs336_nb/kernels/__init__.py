@@ -13,7 +13,8 @@ __all__ = ['time_fn', 'measure_copy_bandwidth', 'measure_matmul_flops', 'rooflin
            'FlashAttention2Triton', 'attention_reference', 'flash_attention_triton', 'flash_config',
            'register_attention_backends', 'attention_flops', 'attention_impls', 'bench_attention', 'bench_memory_bound',
            'MATMUL_CONFIGS', 'grouped_tile', 'matmul_config', 'matmul_triton', 'row_major_tile',
-           'tiles_loaded_per_wave']
+           'tiles_loaded_per_wave', 'linear_cross_entropy_reference', 'default_chunk_size',
+           'LinearCrossEntropyFunction', 'linear_cross_entropy', 'linear_cross_entropy_memory', 'lm_loss']
 
 # %% ../../nbs/06_kernels.ipynb #634aaa60
 from ._triton import (TritonUnavailable, _import_triton, interpret_triton_without_gpu, triton_available,
@@ -26,6 +27,7 @@ from .rmsnorm import *
 from .flash_attention import *
 from .measurements import *
 from .matmul import *
+from .fused_cross_entropy import *
 
 _all_ = ["time_fn", "measure_copy_bandwidth", "measure_matmul_flops", "roofline", "plot_roofline",
          "matmul_tile_efficiency", "TritonUnavailable", "interpret_triton_without_gpu", "triton_available", "triton_interpreting",
@@ -34,4 +36,5 @@ _all_ = ["time_fn", "measure_copy_bandwidth", "measure_matmul_flops", "roofline"
          "rmsnorm_triton", "FLASH_CONFIGS", "FlashAttention2PyTorch", "FlashAttention2Triton", "attention_reference",
          "flash_attention_triton", "flash_config", "register_attention_backends", "attention_flops", "attention_impls",
          "bench_attention", "bench_memory_bound", "MATMUL_CONFIGS", "grouped_tile", "matmul_config", "matmul_triton",
-         "row_major_tile", "tiles_loaded_per_wave"]
+         "row_major_tile", "tiles_loaded_per_wave", "linear_cross_entropy_reference", "default_chunk_size",
+         "LinearCrossEntropyFunction", "linear_cross_entropy", "linear_cross_entropy_memory", "lm_loss"]
