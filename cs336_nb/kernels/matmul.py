@@ -1,6 +1,4 @@
-"""A Triton matmul that computes one output tile per program, first with the programs in row-major order, then in
-grouped ("super-grouped") order so that the programs running at once share their input tiles in L2; the tiles each
-order loads per wave, counted; both checked against `torch.matmul` and timed beside cuBLAS.
+"""A Triton matmul that computes one output tile per program, first with the programs in row-major order, then in grouped ("super-grouped") order so that the programs running at once share their input tiles in L2; the tiles each order loads per wave, counted; both checked against `torch.matmul` and timed beside cuBLAS.
 
 Docs: https://cs336-nb.github.io/cs336-nb/matmul.html.md"""
 
