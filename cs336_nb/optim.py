@@ -34,7 +34,7 @@ def _params_with_grad(group: dict) -> list[Tensor]:
 
 
 class SGD(torch.optim.Optimizer):
-    "Stochastic gradient descent with optional momentum (a buffer per parameter) and L2 weight decay."
+    "Stochastic gradient descent with optional momentum (a buffer per parameter) and L2 weight decay; `foreach`: without momentum, one fused update per group."
     def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0, foreach: bool = True):
         defaults = dict(lr=_check_hparam("lr", lr), momentum=_check_hparam("momentum", momentum, hi=1.0),
                         weight_decay=_check_hparam("weight_decay", weight_decay), foreach=bool(foreach))
@@ -47,7 +47,12 @@ class SGD(torch.optim.Optimizer):
             with torch.enable_grad(): loss = closure()
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in _params_with_grad(group):
+            ps = _params_with_grad(group)
+            if group["foreach"] and mu == 0 and len({(p.device, p.dtype) for p in ps}) == 1:  # one fused pass per group
+                gs = [p.grad for p in ps] if wd == 0 else torch._foreach_add([p.grad for p in ps], ps, alpha=wd)
+                torch._foreach_add_(ps, gs, alpha=-lr)
+                continue
+            for p in ps:
                 g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
                 if mu > 0:
                     state = self.state[p]

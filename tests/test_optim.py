@@ -24,6 +24,8 @@ def _train(net, opt, steps=10, seed=1):
 
 @pytest.mark.parametrize("ours,theirs", [
     (lambda p: SGD(p, lr=0.05), lambda p: torch.optim.SGD(p, lr=0.05)),
+    (lambda p: SGD(p, lr=0.05, weight_decay=1e-2, foreach=True), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-2)),   # fused pass
+    (lambda p: SGD(p, lr=0.05, weight_decay=1e-2, foreach=False), lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-2)),  # per parameter
     (lambda p: SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2), lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-2)),
     (lambda p: AdaGrad(p, lr=0.05), lambda p: torch.optim.Adagrad(p, lr=0.05)),
     (lambda p: AdamW(p), lambda p: torch.optim.AdamW(p)),
