@@ -130,9 +130,9 @@ def _other_blocks(known_ptrs: set, top: int = 5) -> list[dict]:
 def _build_wrapped(mode: str, cfg: ModelConfig, dev: torch.device, world_size: int):
     "The model wrapped as in bench_fsdp: our FSDP or FSDP2 `fully_shard`, bf16 compute on CUDA, fp32 master weights."
     from cs336_nb.parallel import FSDP
-    from cs336_nb.testing import build_model
+    from cs336_nb.testing import build_check_model
     torch.manual_seed(0)
-    model = build_model(cfg, device=dev)
+    model = build_check_model(cfg, device=dev)
     cdt = torch.bfloat16 if dev.type == "cuda" else None
     if mode == "fsdp": return FSDP(model, compute_dtype=cdt)
     from torch.distributed.device_mesh import init_device_mesh

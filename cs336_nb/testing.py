@@ -7,7 +7,7 @@ Docs: https://cs336-nb.github.io/cs336-nb/testing.html.md"""
 # %% ../nbs/07h_testing.ipynb #cdc15c67
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, Union
 
 import torch
 import torch.distributed as dist
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['ModelSpec', 'Wrapper', 'ToyNet', 'build_model', 'make_batch', 'loss_of', 'train_compare', 'train_compare_many']
+__all__ = ['ModelSpec', 'Wrapper', 'ToyNet', 'build_check_model', 'make_batch', 'loss_of', 'train_compare', 'train_compare_many']
 
 # %% ../nbs/07h_testing.ipynb #f7955c37
 class ToyNet(nn.Module):
@@ -38,10 +38,10 @@ class ToyNet(nn.Module):
         return self.frozen(self.fc2(x)) * self.scale
 
 # %% ../nbs/07h_testing.ipynb #f3b18e0b
-ModelSpec = Any  # "toy" or a ModelConfig
+ModelSpec = Union[Literal["toy"], "ModelConfig"]  # "toy" (ToyNet) or a Lecture-3 ModelConfig
 
 
-def build_model(spec: ModelSpec, device=None) -> nn.Module:
+def build_check_model(spec: ModelSpec, device=None) -> nn.Module:
     "`'toy'` -> `ToyNet()`, a `ModelConfig` -> `TransformerLM.from_config(spec)`."
     from cs336_nb.model import ModelConfig, TransformerLM  # Lecture 3, resolved when called
     if spec == "toy": return ToyNet().to(device)
@@ -88,7 +88,7 @@ def _wrap(wrapper: Wrapper, model: nn.Module, opt_kw: dict, bucket_size_mb: floa
 def _train_reference(spec: ModelSpec, steps: int, batch_size: int, seq_len: int, seed: int, opt_kw: dict):
     "One process, full batches, rank 0's initialisation: (model, optimizer, losses)."
     torch.manual_seed(seed)
-    ref = build_model(spec)
+    ref = build_check_model(spec)
     ref_opt = torch.optim.AdamW(ref.parameters(), **opt_kw)
     ref_losses = []
     for step in range(steps):
@@ -107,7 +107,7 @@ def train_compare(rank: int, world_size: int, wrapper: Wrapper, spec: ModelSpec 
     from cs336_nb.parallel.data_parallel import all_reduce_gradients, optimizer_state_bytes
     if batch_size % world_size: raise ValueError(f"batch_size={batch_size} must divide by world_size={world_size}")
     torch.manual_seed(seed + rank)
-    model, opt_kw = build_model(spec), dict(lr=lr, weight_decay=0.1)
+    model, opt_kw = build_check_model(spec), dict(lr=lr, weight_decay=0.1)
     m, opt = _wrap(wrapper, model, opt_kw, bucket_size_mb, compute_dtype)
     b, losses = batch_size // world_size, []
     for step in range(steps):

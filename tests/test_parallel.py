@@ -12,7 +12,7 @@ from cs336_nb.parallel import (DDP, FSDP, ShardedOptimizer, WorkerError, activat
                                pipeline_schedule, ring_bytes_per_rank, simulate_schedule, tensor_parallel_check,
                                training_bytes_per_param, zero_bubble_h1_bubble_fraction, zero_bubble_h1_schedule,
                                zero_memory_per_gpu)
-from cs336_nb.testing import ToyNet, build_model, train_compare, train_compare_many
+from cs336_nb.testing import ToyNet, build_check_model, train_compare, train_compare_many
 
 WRAPPERS = ["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]
 TINY = ModelConfig.tiny(num_layers=4, d_model=32, num_heads=2, d_ff=48, vocab_size=61, context_length=16)
@@ -145,7 +145,7 @@ def test_wrappers_on_transformer():
 
 def _fsdp_low_precision_and_units(rank, ws):
     out = train_compare(rank, ws, "fsdp", TINY, steps=3, batch_size=4, seq_len=12, compute_dtype=torch.bfloat16)
-    m = FSDP(build_model(TINY))
+    m = FSDP(build_check_model(TINY))
     out["units"] = m.units
     out["shard_dtypes"] = {s.dtype for s in m.parameters()}
     out["shard_numel"] = sum(s.numel() for s in m.parameters())
@@ -256,7 +256,7 @@ def test_trace_fsdp_memory_categories():
         rows = bp.trace_fsdp_memory(0, 1, cfg, order=("fsdp",), collect=True, batch_size=2, seq_len=8, steps=1)
     finally:
         dist.destroy_process_group()
-    n_params = sum(p.numel() for p in build_model(cfg).parameters())
+    n_params = sum(p.numel() for p in build_check_model(cfg).parameters())
     for r in rows:
         assert r["grads"] == 0  # zero_grad(set_to_none=True) before measuring
         assert r["optimizer_state"] == 2 * r["params"]  # AdamW: exp_avg and exp_avg_sq

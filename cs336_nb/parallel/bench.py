@@ -14,7 +14,7 @@ from ..model import ModelConfig
 from .collectives import _device, _timed_steps, measure_collective
 from .data_parallel import (
     DDP, ShardedOptimizer, all_reduce_gradients, broadcast_module_, optimizer_state_bytes)
-from ..testing import build_model, loss_of, make_batch  # the model and batches of part 2's checks
+from ..testing import build_check_model, loss_of, make_batch  # the model and batches of part 2's checks
 from .fsdp import FSDP
 
 # %% auto #0
@@ -48,7 +48,7 @@ def bench_data_parallel(rank: int, world_size: int, cfg: ModelConfig, *, batch_s
     rows = []
     for mode in modes:
         torch.manual_seed(0); _reset_peak()
-        model = build_model(cfg, device=dev)
+        model = build_check_model(cfg, device=dev)
         if mode == "torch_ddp":
             m = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, bucket_cap_mb=bucket_size_mb)
         elif mode in ("ddp_bucketed", "zero"): m = DDP(model, bucket_size_mb=bucket_size_mb)
@@ -86,7 +86,7 @@ def bench_fsdp(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int 
     rows = []
     for mode in modes:
         torch.manual_seed(0); _reset_peak()
-        model = build_model(cfg, device=dev)
+        model = build_check_model(cfg, device=dev)
         n_params = sum(p.numel() for p in model.parameters())
         if mode == "fsdp2":
             mp_policy = MixedPrecisionPolicy(param_dtype=cdt, reduce_dtype=torch.float32)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..model import ModelConfig
 from .collectives import world
-from ..testing import build_model, loss_of, make_batch  # test helpers: the same model and batches as part 2's checks
+from ..testing import build_check_model, loss_of, make_batch  # test helpers: the same model and batches as part 2's checks
 
 # %% auto #0
 __all__ = ['Schedule', 'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU',
@@ -93,7 +93,7 @@ def tensor_parallel_check(rank: int, world_size: int, cfg: ModelConfig, *, batch
     """Worker: the model with Megatron-split MLPs against the same model on one device: largest differences of logits,
     loss and gradients (gradients of split weights compared with the matching slice of the full gradient)."""
     torch.manual_seed(seed)
-    ref = build_model(cfg)
+    ref = build_check_model(cfg)
     tp = tensor_parallelize_mlps_(copy.deepcopy(ref))
     x, y = make_batch(cfg, 0, batch_size, seq_len, seed)
     out_ref, out_tp = ref(x), tp(x)
@@ -249,7 +249,7 @@ def pipeline_check(rank: int, world_size: int, cfg: ModelConfig, *, num_microbat
     gradients of this stage's parameters; also this stage's timeline of forward/backward micro-batches."""
     if batch_size % num_microbatches: raise ValueError("batch_size must divide by num_microbatches")
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_check_model(cfg)
     ref = copy.deepcopy(model)
     x, y = make_batch(cfg, 0, batch_size, seq_len, seed)
     ref_loss = loss_of(cfg, ref(x), y); ref_loss.backward()
