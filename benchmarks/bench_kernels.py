@@ -11,7 +11,7 @@ Usage: python benchmarks/bench_kernels.py [--quick] [--out results.md]
    TFLOP/s against F.scaled_dot_product_attention's flash backend and naive PyTorch attention (OOM reported).
 Prints markdown tables (ratios > 1: ours faster) and writes them to --out.
 
---targets measures issue 16's targets, side by side with the references in one process: FlashAttention-2
+--targets measures the kernel targets (FlashAttention against SDPA, the leaderboard shape, RMSNorm against F.rms_norm), side by side with the references in one process: FlashAttention-2
 forward+backward against SDPA's flash backend on every shape of the table (target >= 1.1x) and on the CS336
 assignment-2 leaderboard shape (bf16, causal, batch 1, 16 heads, seq 16384, d 64; target < 5.364 ms, the best
 published entry, on an H100); forward TFLOP/s at d 64 and 128 beside FlashAttention-3's published forward figures
@@ -279,7 +279,7 @@ def main():
     ap.add_argument("--out", default=None, help="also write the tables (markdown) here")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-attention", action="store_true")
-    ap.add_argument("--targets", action="store_true", help="issue 16's targets: FlashAttention vs SDPA, leaderboard, RMSNorm")
+    ap.add_argument("--targets", action="store_true", help="the kernel targets: FlashAttention vs SDPA, leaderboard, RMSNorm")
     ap.add_argument("--fa-tune", action="store_true", help="sweep FlashAttention launch configs at short and long sequences")
     ap.add_argument("--host-overhead", action="store_true", help="per-call host time of the RMSNorm paths (CPU: stubs only)")
     ap.add_argument("--write-results", action="store_true", help="write the --targets tables into benchmarks/RESULTS.md")
@@ -298,7 +298,7 @@ def main():
         out = [f"Device: {describe_device()}; triton {K._import_triton().__version__}", ""]
         if a.targets:
             fa_md, _ = fa_target_table()
-            out += ["#### Issue 16 targets: FlashAttention-2 forward+backward against SDPA's flash backend (bf16)", "", fa_md, "",
+            out += ["#### Targets: FlashAttention-2 forward+backward against SDPA's flash backend (bf16)", "", fa_md, "",
                     "#### RMSNorm against F.rms_norm and torch.compile (bf16, Lecture 6's shapes)", "", rmsnorm_target_table(), "",
                     host_overhead_table(True), ""]
         if a.fa_tune:

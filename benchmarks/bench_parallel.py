@@ -11,7 +11,7 @@ ShardedOptimizer's memory, and our FSDP vs FSDP2 `fully_shard` (throughput and p
 `--smoke` (or no GPUs) runs the same code at toy size with gloo on the CPU. Prints markdown tables; with --out writes
 results.json, results.md and busbw.png there. NVLink multicast stays off (NCCL_NVLS_ENABLE=0 etc., set by `launch`).
 
-`--trace-fsdp` (one GPU, or the CPU with `--smoke`) traces two findings of issue 16 about our FSDP. (1) Memory held
+`--trace-fsdp` (one GPU, or the CPU with `--smoke`) traces two open findings about our FSDP. (1) Memory held
 between steps, ours against FSDP2: each wrapper trains a few steps in a fresh state and its live memory is split into
 parameters, gradients, optimizer state and the rest (the rest's largest blocks named by the allocator's recorded
 stacks, `torch.cuda.memory._record_memory_history`), measured as the bench harness does (FSDP2 first, only `del`eted before ours
@@ -87,7 +87,7 @@ def plot(res: dict, path: Path) -> None:
     ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=120)
 
 
-# ---------------------------------------------------------------- --trace-fsdp: issue 16, ask 4
+# ---------------------------------------------------------------- --trace-fsdp: FSDP memory and fp16 rounding
 def _storage_bytes(tensors) -> tuple[int, set]:
     "Bytes of the distinct storages behind `tensors` (DTensors by their local shard), and their data pointers."
     seen, total = set(), 0
@@ -176,7 +176,7 @@ def trace_fsdp_memory(rank: int, world_size: int, cfg: ModelConfig, *, order: tu
 
 
 class Fp16Probe(torch.nn.Module):
-    "Issue 16's toy: Embedding -> RMSNorm -> Linear -> ReLU -> RMSNorm -> Linear -> Linear (the LM head)."
+    "The toy of the fp16 finding: Embedding -> RMSNorm -> Linear -> ReLU -> RMSNorm -> Linear -> Linear (the LM head)."
     def __init__(self, vocab: int = 64, d: int = 32, d_ff: int = 64):
         super().__init__()
         self.embed, self.norm0 = torch.nn.Embedding(vocab, d), torch.nn.RMSNorm(d)

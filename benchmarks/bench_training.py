@@ -8,7 +8,7 @@ embeddings, vocabulary 50257 padded to 50304), context 1024.
     python benchmarks/bench_training.py                 # on a GPU: print the table
     python benchmarks/bench_training.py --write-results # ... and write it into benchmarks/RESULTS.md
     python benchmarks/bench_training.py --small         # a tiny CPU smoke run (what the tests run)
-    python benchmarks/bench_training.py --ablation --write-results --json abl.json   # issue 16: our fused parts
+    python benchmarks/bench_training.py --ablation --write-results --json abl.json   # our fused parts, one at a time
     python benchmarks/bench_training.py --ablation --tiny                            # ... the same code on a CPU
 
 All variants run at batch 16; ours and the reference also at batch 64, llm.c's setting for this model.
@@ -250,7 +250,7 @@ def to_markdown(res: dict) -> str:
 
 
 
-# ---------------------------------------------------------------- issue 16 ablation: our fused parts, alone and together
+# ---------------------------------------------------------------- the ablation: our fused parts, alone and together
 # name -> (attention backend, Triton RMSNorm, fused linear + cross-entropy, optimizer); the baseline is today's step
 ABLATION = {
     "baseline": ("sdpa", False, False, "ours-foreach"),
@@ -356,7 +356,7 @@ def mfu_cell(r: dict) -> str:
 
 
 def ablation_markdown(res: dict) -> str:
-    "The ablation table (one row per variant and batch) and the issue-16 targets, met or missed by how much."
+    "The ablation table (one row per variant and batch) and the targets, met or missed by how much."
     shape = "a tiny model (CPU smoke run, uncompiled, Triton interpreter)" if res.get("tiny") else "GPT-2-small shape"
     head = (f"Machine: {res['device']}. {shape} (vocab {res['config']['vocab_size']}, tied embeddings), context "
             f"{res['seq_len']}, {'float32, eager' if res.get('tiny') else 'bf16 autocast, torch.compile'}; one step = forward + "
@@ -397,7 +397,7 @@ def ablation_findings(res: dict) -> list[str]:
 
 
 def ablation_targets(res: dict) -> list[str]:
-    "One line per issue-16 target: MFU >= 50% for 'all ours' at the first batch; peak memory within 10% on every row."
+    "One line per target: MFU >= 50% for 'all ours' at the first batch; peak memory within 10% on every row."
     if res.get("tiny"): return ["Targets are checked on the GPU run only (no MFU or peak memory on a CPU)."]
     out = []
     for r in res["rows"]:
@@ -425,7 +425,7 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--small", action="store_true", help="tiny model on CPU: a smoke run")
-    p.add_argument("--ablation", action="store_true", help="issue 16: baseline and each fused part alone and together")
+    p.add_argument("--ablation", action="store_true", help="baseline and each fused part alone and together")
     p.add_argument("--tiny", action="store_true", help="with --ablation: a small model on the CPU, in seconds")
     p.add_argument("--variants", nargs="*", default=None, help="with --ablation: only these rows (names of ABLATION)")
     p.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="with --ablation: rows per chunk of the fused loss")
