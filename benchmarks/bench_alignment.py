@@ -14,7 +14,6 @@ time, warm-up included, is printed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, report, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb.core import describe_device, get_device  # noqa: E402
 from cs336_nb.model import TransformerLM, swiglu_hidden_dim  # noqa: E402
 
@@ -106,10 +105,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.small: a.batch, a.prompt_len, a.new_tokens, a.d_model, a.layers, a.reps = 4, 8, 8, 64, 2, 2
     res = run_all(a.batch, a.prompt_len, a.new_tokens, a.reps, a.d_model, a.layers, small=a.small)
-    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
-    md = to_markdown(res)
-    print(md)
-    if a.write_results: write_results(md)
+    report(res, to_markdown(res), json_path=a.json, write=write_results if a.write_results else None)
     return 0
 
 

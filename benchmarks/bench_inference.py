@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, report, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb.core import describe_device  # noqa: E402
 from cs336_nb.inference import decode_bytes_per_step  # noqa: E402
 from cs336_nb.kernels import measure_copy_bandwidth  # noqa: E402
@@ -186,10 +185,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.small: a.prompt, a.new, a.reps, a.batches = 8, 16, 1, [1, 4]
     res = run_all(a.small, a.prompt, a.new, a.reps, tuple(a.batches))
-    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
-    md = to_markdown(res)
-    print(md)
-    if a.write_results: write_results(md)
+    report(res, to_markdown(res), json_path=a.json, write=write_results if a.write_results else None)
     return 0
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, report, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb import moe_grouped_gemm as G  # noqa: E402
 from cs336_nb.core import benchmark, describe_device, fmt_flops_per_s  # noqa: E402
 from cs336_nb.model import SwiGLU  # noqa: E402
@@ -224,10 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--write-results", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     res = json.loads(Path(a.from_json).read_text()) if a.from_json else run_all(a.small, a.reps or (1 if a.small else 10))
-    if a.json: Path(a.json).write_text(json.dumps(res, indent=1))
-    md = to_markdown(res)
-    print(md)
-    if a.write_results: write_results(md)
+    report(res, to_markdown(res), json_path=a.json, write=write_results if a.write_results else None)
     return 0
 
 

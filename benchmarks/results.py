@@ -6,7 +6,9 @@ A benchmark harness, not library API: it lives beside the scripts, not in `cs336
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -41,3 +43,10 @@ def write_block(name: str, md: str, section: str, path: Path = RESULTS) -> None:
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.replace(path)   # atomic: a crash never leaves half a file
+
+
+def report(res: dict, md: str, *, json_path: str | None = None, write: Callable[[str], None] | None = None) -> None:
+    "A script's last step: the raw results to `json_path` (if given), the table printed, and `write(md)` (if given)."
+    if json_path: Path(json_path).write_text(json.dumps(res, indent=1))
+    print(md)
+    if write is not None: write(md)

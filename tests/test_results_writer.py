@@ -39,3 +39,12 @@ def test_read_block_of_absent_name_is_empty(tmp_path):
     p.write_text(START)
     assert read_block("nosuch.py", p) == ""
     assert markers("a.py") == ("<!-- a.py: begin -->", "<!-- a.py: end -->")
+
+
+def test_report_writes_json_prints_and_writes(tmp_path, capsys):
+    from results import report
+    written = []
+    report({"a": 1}, "| t |", json_path=str(tmp_path / "r.json"), write=written.append)
+    assert (tmp_path / "r.json").read_text() == '{\n "a": 1\n}'
+    assert capsys.readouterr().out == "| t |\n"
+    assert written == ["| t |"]
