@@ -283,6 +283,15 @@ def trace_tables(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _show_and_save(res: dict, md: str, out: Path | None, stem: str) -> None:
+    "Print the tables; with `out`, also write `stem`.json (raw results) and `stem`.md there."
+    print(md)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+        (out / f"{stem}.md").write_text(md + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None)
@@ -291,12 +300,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.trace_fsdp:
         res = trace_fsdp(args.smoke)
-        md = trace_tables(res)
-        print(md)
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "trace_fsdp.json").write_text(json.dumps(res, indent=1))
-            (args.out / "trace_fsdp.md").write_text(md + "\n")
+        _show_and_save(res, trace_tables(res), args.out, "trace_fsdp")
         return
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if args.smoke or n < 2:
@@ -305,13 +309,8 @@ def main() -> None:
     else:
         res = launch(bench_all, n, GPU_MODEL, sizes=[2**k for k in range(10, 31, 2)], batch_size=16, seq_len=1024,
                      warmup=3, steps=10, backend="nccl", timeout=400)[0]
-    md = tables(res)
-    print(md)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(json.dumps(res, indent=1))
-        (args.out / "results.md").write_text(md + "\n")
-        plot(res, args.out / "busbw.png")
+    _show_and_save(res, tables(res), args.out, "results")
+    if args.out: plot(res, args.out / "busbw.png")
 
 
 if __name__ == "__main__":
