@@ -1,4 +1,4 @@
-"""Every kernel of the lecture timed side by side with the reference on an H100 (achieved bandwidth; TFLOP/s against SDPA's flash backend), and placed on the roofline with measured ceilings.
+"""Every kernel of the lecture timed side by side with the reference on one GPU (achieved bandwidth; TFLOP/s against SDPA's flash backend), and placed on the roofline with measured ceilings.
 
 Docs: https://cs336-nb.github.io/cs336-nb/kernel_measurements.html.md"""
 
