@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # %% auto #0
-__all__ = ['ModelSpec', 'Wrapper', 'ToyNet', 'build_check_model', 'make_batch', 'loss_of', 'train_compare', 'train_compare_many']
+__all__ = ['ModelSpec', 'WrapperName', 'ToyNet', 'build_check_model', 'make_batch', 'loss_of', 'train_compare',
+           'train_compare_many']
 
 # %% ../nbs/07h_testing.ipynb #f7955c37
 class ToyNet(nn.Module):
@@ -66,10 +67,10 @@ def loss_of(spec: ModelSpec, out: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
 
 # %% ../nbs/07h_testing.ipynb #77281c8f
-Wrapper = Literal["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]
+WrapperName = Literal["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]  # the strategies `train_compare` can wrap a model in
 
 
-def _wrap(wrapper: Wrapper, model: nn.Module, opt_kw: dict, bucket_size_mb: float, compute_dtype):
+def _wrap(wrapper: WrapperName, model: nn.Module, opt_kw: dict, bucket_size_mb: float, compute_dtype):
     "(wrapped model, optimizer) for one of Lecture 7's data-parallel `wrapper`s."
     from cs336_nb.parallel.data_parallel import DDP, ShardedOptimizer, broadcast_module_  # Lecture 7, part 2
     from cs336_nb.parallel.fsdp import FSDP  # Lecture 7, part 3
@@ -98,7 +99,7 @@ def _train_reference(spec: ModelSpec, steps: int, batch_size: int, seq_len: int,
     return ref, ref_opt, ref_losses
 
 # %% ../nbs/07h_testing.ipynb #397a992e
-def train_compare(rank: int, world_size: int, wrapper: Wrapper, spec: ModelSpec = "toy", *, steps: int = 3,
+def train_compare(rank: int, world_size: int, wrapper: WrapperName, spec: ModelSpec = "toy", *, steps: int = 3,
                   batch_size: int = 8, seq_len: int = 16, seed: int = 0, lr: float = 1e-2,
                   bucket_size_mb: float = 1e-4, compute_dtype: torch.dtype | None = None) -> dict:
     """Worker: train `steps` AdamW steps with a parallel `wrapper` (each rank a slice of every global batch, each rank
@@ -130,6 +131,6 @@ def train_compare(rank: int, world_size: int, wrapper: Wrapper, spec: ModelSpec 
                 names=sorted(params))
 
 
-def train_compare_many(rank: int, world_size: int, wrappers: list[str], spec: ModelSpec = "toy", **kwargs) -> dict[str, dict]:
+def train_compare_many(rank: int, world_size: int, wrappers: list[WrapperName], spec: ModelSpec = "toy", **kwargs) -> dict[str, dict]:
     "Worker: `train_compare` for several wrappers in one launch (process start-up is the slow part on a CPU)."
     return {w: train_compare(rank, world_size, w, spec, **kwargs) for w in wrappers}
