@@ -51,20 +51,21 @@ def build_check_model(spec: ModelSpec, device=None) -> nn.Module:
 
 
 def make_batch(spec: ModelSpec, step: int, batch_size: int, seq_len: int = 16, seed: int = 0, device=None) -> tuple[Tensor, Tensor]:
-    "The global batch of `step`, the same on every rank: (inputs, targets)."
+    "The global batch of `step`, the same on every rank: (inputs, targets); for a `ModelConfig`, random token ids."
+    if spec != "toy":
+        from cs336_nb.parallel.tensor_pipeline import _lm_batch  # Lecture 7, part 4: the batches of its checks
+        return _lm_batch(spec, step, batch_size, seq_len, seed, device)
     g = torch.Generator().manual_seed(10_000 * seed + step)
-    if spec == "toy":
-        x = torch.randn(batch_size, 5, generator=g); y = torch.randn(batch_size, 3, generator=g)
-    else:
-        ids = torch.randint(0, spec.vocab_size, (batch_size, seq_len + 1), generator=g)
-        x, y = ids[:, :-1], ids[:, 1:]
+    x = torch.randn(batch_size, 5, generator=g)
+    y = torch.randn(batch_size, 3, generator=g)
     return x.to(device), y.to(device)
 
 
 def loss_of(spec: ModelSpec, out: Tensor, y: Tensor) -> Tensor:
     "MSE for the toy net, next-token cross-entropy for a language model."
     if spec == "toy": return F.mse_loss(out, y)
-    return F.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
+    from cs336_nb.parallel.tensor_pipeline import _lm_loss  # Lecture 7, part 4: the loss of its checks
+    return _lm_loss(out, y)
 
 # %% ../nbs/07h_testing.ipynb #77281c8f
 WrapperName = Literal["ddp", "ddp_bucketed", "naive", "zero", "fsdp"]  # the strategies `train_compare` can wrap a model in

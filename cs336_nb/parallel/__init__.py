@@ -23,8 +23,6 @@ from .fsdp import *
 from .data_parallel import *
 from .tensor_pipeline import *
 from .bench import *
-# Compatible aliases of the test helpers that used to live here (not in `__all__`; import them from `cs336_nb.testing`)
-from ..testing import ModelSpec, ToyNet, WrapperName, build_check_model, loss_of, make_batch, train_compare, train_compare_many
 
 _all_ = [  # nbdev adds these to `__all__`: `from cs336_nb.parallel import *` gets the parts' names too
     'DISABLE_MULTICAST_VAR', 'SAFE_ENV', 'worker_env', 'WorkerError', 'free_port', 'launch', 'fail_on_rank',

@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..model import ModelConfig
+from ..model import ModelConfig, TransformerLM
 from .collectives import _device, _timed_steps, measure_collective
 from .data_parallel import (
     DDP, ShardedOptimizer, all_reduce_gradients, broadcast_module_, optimizer_state_bytes)
-from ..testing import build_check_model, loss_of, make_batch  # the model and batches of part 2's checks
 from .fsdp import FSDP
+from .tensor_pipeline import _lm_batch, _lm_loss  # random token batches and the fp32 LM loss of the checks
 
 # %% auto #0
 __all__ = ['bench_data_parallel', 'bench_fsdp', 'bench_all']
@@ -48,7 +48,7 @@ def bench_data_parallel(rank: int, world_size: int, cfg: ModelConfig, *, batch_s
     rows = []
     for mode in modes:
         torch.manual_seed(0); _reset_peak()
-        model = build_check_model(cfg, device=dev)
+        model = TransformerLM.from_config(cfg, device=dev)
         if mode == "torch_ddp":
             m = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, bucket_cap_mb=bucket_size_mb)
         elif mode in ("ddp_bucketed", "zero"): m = DDP(model, bucket_size_mb=bucket_size_mb)
@@ -58,11 +58,11 @@ def bench_data_parallel(rank: int, world_size: int, cfg: ModelConfig, *, batch_s
         kw = dict(lr=1e-4, fused=True) if cuda else dict(lr=1e-4)
         opt = (ShardedOptimizer(m.parameters(), torch.optim.AdamW, **kw) if mode == "zero"
                else torch.optim.AdamW(m.parameters(), **kw))
-        x, y = make_batch(cfg, rank, batch_size, seq_len, seed=1, device=dev)
+        x, y = _lm_batch(cfg, rank, batch_size, seq_len, seed=1, device=dev)
 
         def step():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                loss = loss_of(cfg, m(x), y)
+                loss = _lm_loss(m(x), y)
             loss.backward()
             if mode == "naive": all_reduce_gradients(m)
             elif mode != "torch_ddp": m.finish_gradient_synchronization()
@@ -86,7 +86,7 @@ def bench_fsdp(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int 
     rows = []
     for mode in modes:
         torch.manual_seed(0); _reset_peak()
-        model = build_check_model(cfg, device=dev)
+        model = TransformerLM.from_config(cfg, device=dev)
         n_params = sum(p.numel() for p in model.parameters())
         if mode == "fsdp2":
             mp_policy = MixedPrecisionPolicy(param_dtype=cdt, reduce_dtype=torch.float32)
@@ -97,10 +97,10 @@ def bench_fsdp(rank: int, world_size: int, cfg: ModelConfig, *, batch_size: int 
         elif mode == "fsdp": m = FSDP(model, compute_dtype=cdt)
         else: raise ValueError(f"unknown mode {mode!r}")
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
-        x, y = make_batch(cfg, rank, batch_size, seq_len, seed=1, device=dev)
+        x, y = _lm_batch(cfg, rank, batch_size, seq_len, seed=1, device=dev)
 
         def step():
-            loss = loss_of(cfg, m(x), y)
+            loss = _lm_loss(m(x), y)
             loss.backward()
             if mode == "fsdp": m.finish_gradient_synchronization()
             opt.step(); opt.zero_grad(set_to_none=True)

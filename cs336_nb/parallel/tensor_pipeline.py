@@ -16,15 +16,26 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model import ModelConfig
+from ..model import ModelConfig, TransformerLM
 from .collectives import world
-from ..testing import build_check_model, loss_of, make_batch  # test helpers: the same model and batches as part 2's checks
 
 # %% auto #0
 __all__ = ['Schedule', 'copy_to_tensor_parallel', 'reduce_from_tensor_parallel', 'TensorParallelSwiGLU',
            'tensor_parallelize_mlps_', 'tensor_parallel_check', 'pipeline_schedule', 'simulate_schedule',
            'PipelineStage', 'run_pipeline', 'pipeline_check', 'zero_bubble_h1_schedule',
            'zero_bubble_h1_bubble_fraction']
+
+# %% ../../nbs/07c_tensor_pipeline.ipynb #b7c1e0a2
+def _lm_batch(cfg: ModelConfig, step: int, batch_size: int, seq_len: int, seed: int = 0, device=None) -> tuple[Tensor, Tensor]:
+    "Random token ids, the global batch of `step` and the same on every rank: (inputs, next-token targets)."
+    g = torch.Generator().manual_seed(10_000 * seed + step)
+    ids = torch.randint(0, cfg.vocab_size, (batch_size, seq_len + 1), generator=g)
+    return ids[:, :-1].to(device), ids[:, 1:].to(device)
+
+
+def _lm_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    "Next-token cross-entropy in fp32."
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 # %% ../../nbs/07c_tensor_pipeline.ipynb #1379cb1b
 class _CopyToTP(torch.autograd.Function):
@@ -93,11 +104,11 @@ def tensor_parallel_check(rank: int, world_size: int, cfg: ModelConfig, *, batch
     """Worker: the model with Megatron-split MLPs against the same model on one device: largest differences of logits,
     loss and gradients (gradients of split weights compared with the matching slice of the full gradient)."""
     torch.manual_seed(seed)
-    ref = build_check_model(cfg)
+    ref = TransformerLM.from_config(cfg)
     tp = tensor_parallelize_mlps_(copy.deepcopy(ref))
-    x, y = make_batch(cfg, 0, batch_size, seq_len, seed)
+    x, y = _lm_batch(cfg, 0, batch_size, seq_len, seed)
     out_ref, out_tp = ref(x), tp(x)
-    loss_ref, loss_tp = loss_of(cfg, out_ref, y), loss_of(cfg, out_tp, y)
+    loss_ref, loss_tp = _lm_loss(out_ref, y), _lm_loss(out_tp, y)
     loss_ref.backward(); loss_tp.backward()
     g_ref = {n: p.grad for n, p in ref.named_parameters()}
     grad_diff = 0.0
@@ -249,13 +260,13 @@ def pipeline_check(rank: int, world_size: int, cfg: ModelConfig, *, num_microbat
     gradients of this stage's parameters; also this stage's timeline of forward/backward micro-batches."""
     if batch_size % num_microbatches: raise ValueError("batch_size must divide by num_microbatches")
     torch.manual_seed(seed)
-    model = build_check_model(cfg)
+    model = TransformerLM.from_config(cfg)
     ref = copy.deepcopy(model)
-    x, y = make_batch(cfg, 0, batch_size, seq_len, seed)
-    ref_loss = loss_of(cfg, ref(x), y); ref_loss.backward()
+    x, y = _lm_batch(cfg, 0, batch_size, seq_len, seed)
+    ref_loss = _lm_loss(ref(x), y); ref_loss.backward()
     stage = PipelineStage(model, rank, world_size)
     mb = batch_size // num_microbatches
-    loss, timeline = run_pipeline(stage, list(x.split(mb)), list(y.split(mb)), lambda o, t: loss_of(cfg, o, t),
+    loss, timeline = run_pipeline(stage, list(x.split(mb)), list(y.split(mb)), _lm_loss,
                                   (mb, seq_len, cfg.d_model), num_microbatches=num_microbatches, kind=kind)
     ref_grads = dict(ref.named_parameters())
     names = {id(p): n for n, p in model.named_parameters()}
