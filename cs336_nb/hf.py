@@ -50,9 +50,10 @@ def hf_architecture(hf_config: Mapping[str, Any]) -> str:
 # %% ../nbs/08a_hf_checkpoints.ipynb #98b73573
 def _rope_theta(hf: Mapping[str, Any]) -> float:
     "RoPE base from a config dict (old `rope_theta` or transformers-5 `rope_parameters`)."
-    if dict(hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
+    params = dict(hf.get("rope_parameters") or {})
+    if params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)) != 1.0:
         raise ValueError("partial_rotary_factor != 1 is not supported (we rotate every dimension of each head)")
-    return float(dict(hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000.0)))
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
 def _rope_scaling(hf: Mapping[str, Any]) -> dict | None:
