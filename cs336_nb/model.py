@@ -795,7 +795,10 @@ def _prepare_prompts(prompt_ids, device, pad: int = 0) -> tuple[Tensor, Tensor]:
 
 # %% ../nbs/03_architectures.ipynb #kvc00008
 import weakref
-_COMPILED_STEPS: "weakref.WeakKeyDictionary[TransformerLM, tuple[Callable, KVCache | None]]" = weakref.WeakKeyDictionary()
+_COMPILED_STEPS: "weakref.WeakKeyDictionary[TransformerLM, dict]" = weakref.WeakKeyDictionary()  # model -> compiled steps, cache
+# On a GPU: "reduce-overhead" mode's CUDA graphs, plus inductor's coordinate-descent tuning of the kernels it writes
+# (gpt-fast's setting: the decode step is many small kernels, each worth tuning). Passed per compile, not set globally.
+_DECODE_COMPILE_OPTIONS = {"triton.cudagraphs": True, "coordinate_descent_tuning": True}
 
 
 @patch
@@ -805,17 +808,24 @@ def _decode_step(self: TransformerLM, token: Tensor, kv_cache: KVCache) -> Tenso
 
 
 @patch
-def _step_and_cache(self: TransformerLM, batch_size: int, max_seq_len: int, compile: bool) -> tuple[Callable, KVCache]:
-    "The decode step (eager, or compiled once per model) and a cache for it (reused across calls when compiled)."
-    if not compile: return self._decode_step, self.make_kv_cache(batch_size, max_seq_len)
-    step, cache = _COMPILED_STEPS.get(self, (None, None))
+def _decode_step_greedy(self: TransformerLM, token: Tensor, kv_cache: KVCache) -> Tensor:
+    "The greedy step: (batch,) argmax tokens, so that a compiled graph holds the argmax too (one kernel less per step)."
+    return self._decode_step(token, kv_cache).argmax(-1)
+
+
+@patch
+def _step_and_cache(self: TransformerLM, batch_size: int, max_seq_len: int, compile: bool, greedy: bool = False) -> tuple[Callable, KVCache]:
+    "The decode step (eager, or compiled once per model and kind) and a cache for it (reused across calls when compiled)."
+    fn = self._decode_step_greedy if greedy else self._decode_step
+    if not compile: return fn, self.make_kv_cache(batch_size, max_seq_len)
+    entry, kind = _COMPILED_STEPS.setdefault(self, {}), "greedy" if greedy else "logits"
     p = next(self.parameters())
-    if step is None:
-        step = torch.compile(self._decode_step, mode="reduce-overhead" if p.is_cuda else None, fullgraph=True)
+    if kind not in entry: entry[kind] = torch.compile(fn, options=_DECODE_COMPILE_OPTIONS if p.is_cuda else None, fullgraph=True)
+    cache = entry.get("cache")
     if cache is None or cache.batch_size != batch_size or cache.k[0].dtype != p.dtype or cache.k[0].device != p.device:
-        cache = self.make_kv_cache(batch_size, self.context_length)  # static: context_length slots, every call
-    _COMPILED_STEPS[self] = (step, cache)
-    return step, cache.reset()
+        cache = entry["cache"] = self.make_kv_cache(batch_size, self.context_length)  # static: context_length slots, every call
+    return entry[kind], cache.reset()
+
 
 # %% ../nbs/03_architectures.ipynb #kvc00009
 @patch
@@ -830,19 +840,21 @@ def _generate_iter(self: TransformerLM, ids: Tensor, lens: Tensor, max_new_token
     was_training = self.training
     self.eval()
     try:
-        step, cache = self._step_and_cache(B, T + max_new_tokens, compile)
-        logits = self._forward_cached(ids, None, cache, last=lens - 1)  # prefill: (B, V) at each row's last prompt token
+        greedy_step = compile and temperature == 0  # the compiled greedy step returns the tokens, not the logits
+        step, cache = self._step_and_cache(B, T + max_new_tokens, compile, greedy=greedy_step)
+        out = self._forward_cached(ids, None, cache, last=lens - 1)  # prefill: (B, V) logits at each row's last prompt token
         cache.lengths.copy_(lens)  # the padding's slots are free again
         finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
         for i in range(max_new_tokens):
-            nxt = sample_logits(logits, temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
+            # (B,) tokens: sampled from the logits, or the compiled greedy step's own, cloned (the next replay overwrites them)
+            nxt = out.clone() if greedy_step and i else sample_logits(out, temperature, top_k=top_k, top_p=top_p, generator=generator)
             if eos_id is not None:
                 nxt = torch.where(finished, eos_id, nxt)
                 finished |= nxt == eos_id
             yield nxt
             if i == max_new_tokens - 1 or (eos_id is not None and bool(finished.all())): break
             if compile and ids.is_cuda: torch.compiler.cudagraph_mark_step_begin()
-            logits = step(nxt[:, None], cache)
+            out = step(nxt[:, None], cache)  # (B, V) logits, or (B,) tokens from the greedy step
     finally:
         self.train(was_training)
 

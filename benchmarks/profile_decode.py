@@ -1,0 +1,157 @@
+"""Where the time of one batch-1 decode step goes: the compiled step of `bench_inference.py`'s 1.24B Llama shape, profiled.
+
+`bench_inference.py` measures tokens/s against the bandwidth limit (weights + K/V bytes per step / copy bandwidth);
+this script says what stands between the two. It profiles `generate(compile=True)` steps with `torch.profiler` (the
+kernels replayed from the CUDA graph), groups the kernels by what they do, and times each weight matmul shape of the
+model alone at one row (20 calls captured in a CUDA graph, so launch cost is not counted) as effective bandwidth.
+
+    python benchmarks/profile_decode.py                  # needs a CUDA GPU
+    python benchmarks/profile_decode.py --write-results  # its block of RESULTS.md, under Inference (Lecture 8)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_inference import SECTION, llama_config  # noqa: E402
+from results import report, write_block  # noqa: E402
+from cs336_nb.core import describe_device  # noqa: E402
+from cs336_nb.inference import decode_bytes_per_step  # noqa: E402
+from cs336_nb.kernels import measure_copy_bandwidth  # noqa: E402
+from cs336_nb.model import TransformerLM, set_attention_backend  # noqa: E402
+
+CLASSES = [  # (label, test on the kernel name), first match wins
+    ("weight matmuls (cuBLAS GEMV/GEMM, split-K reductions)", lambda n: any(s in n for s in ("nvjet", "gemv", "gemm", "splitK", "cutlass", "sm90_xmma"))),
+    ("attention (SDPA kernel)", lambda n: ("sdpa" in n or "flash" in n or "fmha" in n or "attention" in n) and not n.startswith("triton")),
+    ("argmax", lambda n: "argmax" in n or ("reduce_kernel" in n)),
+    ("inductor's fused kernels (norms, RoPE, SwiGLU, residuals, cache writes)", lambda n: n.startswith("triton")),
+    ("copies and memsets", lambda n: "memset" in n.lower() or "copy" in n.lower() or "multi_tensor" in n),
+]
+
+
+def classify(name: str) -> str:
+    return next((label for label, test in CLASSES if test(name)), "other")
+
+
+def step_time(model, ids, new: int) -> float:
+    "Seconds per decode step of `generate(compile=True)`, greedy, after the first token (no sync per token)."
+    it = model.generate_stream(ids, new, temperature=0, compile=True)
+    next(it); torch.cuda.synchronize(); t0 = time.perf_counter()
+    n = sum(1 for _ in it); torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def profile_kernels(model, ids, steps: int = 30) -> dict:
+    "Kernels per step and microseconds per step, by class, from a torch.profiler trace of `steps` compiled steps."
+    from torch.profiler import ProfilerActivity, profile
+    it = model.generate_stream(ids, steps + 5, temperature=0, compile=True)
+    for _ in range(5): next(it)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps): next(it)
+        torch.cuda.synchronize()
+    by = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if not str(getattr(e, "device_type", "")).endswith("CUDA"): continue
+        c = by[classify(e.name)]
+        c[0] += 1
+        c[1] += e.time_range.end - e.time_range.start  # microseconds
+    return {k: dict(kernels=n / steps, us=us / steps) for k, (n, us) in sorted(by.items(), key=lambda kv: -kv[1][1])}
+
+
+def graphed_us(fn, calls: int = 20, reps: int = 20) -> float:
+    "Microseconds per call of `fn`, `calls` of them captured in one CUDA graph (launch cost excluded), median of `reps` replays."
+    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3): fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls): fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); g.replay(); b.record(); torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_shapes(model) -> dict:
+    "The model's weight matrices by (out, in) shape, with how many of each a decode step reads."
+    counts = defaultdict(int)
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and "embeddings" not in name: counts[tuple(p.shape)] += 1
+    if model.lm_head.weight is model.token_embeddings.weight: counts[tuple(model.lm_head.weight.shape)] += 1
+    return dict(counts)
+
+
+def time_matmuls(model, dtype) -> list[dict]:
+    rows = []
+    for (n, k), count in sorted(matmul_shapes(model).items(), key=lambda kv: -kv[0][0] * kv[0][1]):
+        w = torch.randn(n, k, device="cuda", dtype=dtype)
+        x = torch.randn(1, k, device="cuda", dtype=dtype)
+        us = graphed_us(lambda: x @ w.T)
+        rows.append(dict(shape=f"{n} x {k}", per_step=count, us=us, tb_per_s=n * k * w.element_size() / us / 1e6, us_per_step=us * count))
+    return rows
+
+
+def run_all(prompt: int = 64, new: int = 256) -> dict:
+    if not torch.cuda.is_available(): raise SystemExit("profile_decode.py profiles CUDA kernels: it needs a CUDA GPU")
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    set_attention_backend("sdpa")
+    torch.manual_seed(0)
+    from transformers import LlamaForCausalLM
+    ctx = prompt + new
+    with torch.device(dev): hf = LlamaForCausalLM(llama_config(False, ctx)).to(dtype).eval()
+    model = TransformerLM.from_hf(hf, context_length=ctx, device=dev).eval()
+    del hf
+    bw = measure_copy_bandwidth(2**30, dev)
+    ids = torch.randint(0, model.config.vocab_size, (1, prompt), device=dev)
+    step_time(model, ids, 16)  # compile and warm up
+    wall = min(step_time(model, ids, new) for _ in range(3))
+    bound = decode_bytes_per_step(model.config, 1, prompt + new // 2, dtype) / bw
+    return dict(device=describe_device(dev), params=model.num_params(), copy_bandwidth=bw, step_us=wall * 1e6, bound_us=bound * 1e6,
+                kernels=profile_kernels(model, ids), matmuls=time_matmuls(model, dtype))
+
+
+def to_markdown(r: dict) -> str:
+    k = r["kernels"]
+    total_us, total_n = sum(v["us"] for v in k.values()), sum(v["kernels"] for v in k.values())
+    out = [f"Where a batch-1 decode step's time goes. Machine: {r['device']}. The compiled greedy step of `generate(compile=True)` "
+           f"on bench_inference's Llama shape ({r['params'] / 1e9:.2f} B parameters, bf16): {r['step_us']:,.0f} µs per step measured, "
+           f"against {r['bound_us']:,.0f} µs for reading the weights and K/V once at the copy bandwidth "
+           f"({r['copy_bandwidth'] / 1e12:.2f} TB/s): {r['bound_us'] / r['step_us']:.0%} of the limit. "
+           "Command: `python benchmarks/profile_decode.py --write-results`.", "",
+           "| kernels (torch.profiler, 30 steps) | kernels per step | µs per step | share of kernel time |", "|---|---:|---:|---:|"]
+    out += [f"| {name} | {v['kernels']:.0f} | {v['us']:,.0f} | {v['us'] / total_us:.0%} |" for name, v in k.items()]
+    out += [f"| all kernels | {total_n:.0f} | {total_us:,.0f} | 100% |",
+            f"| step time not covered by kernels (gaps between {total_n:.0f} kernels, graph launch) | | {r['step_us'] - total_us:,.0f} | |", "",
+            "Each weight matmul of the model alone at one row (20 calls in one CUDA graph: no launch cost), as effective bandwidth:", "",
+            "| weight (out x in) | per step | µs per call | TB/s | µs per step |", "|---|---:|---:|---:|---:|"]
+    out += [f"| {m['shape']} | {m['per_step']} | {m['us']:.1f} | {m['tb_per_s']:.2f} | {m['us_per_step']:,.0f} |" for m in r["matmuls"]]
+    mm = sum(m["us_per_step"] for m in r["matmuls"])
+    slow = ", ".join(f"{m['shape']} ({m['tb_per_s']:.2f} TB/s)" for m in r["matmuls"] if m["tb_per_s"] < 0.5 * r["copy_bandwidth"] / 1e12)
+    out += ["", f"The matmuls alone take {mm:,.0f} µs of the step at these speeds ({r['bound_us'] / mm:.0%} of the limit if nothing else ran). "
+            f"Below half the copy bandwidth: {slow or 'none'}."]
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--write-results", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    a = p.parse_args(argv)
+    res = run_all()
+    report(res, to_markdown(res), json_path=a.json, write=(lambda md: write_block("profile_decode.py", md, SECTION)) if a.write_results else None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
