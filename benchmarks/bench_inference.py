@@ -9,14 +9,17 @@
 - Ours at batch 1..256: decode tokens/s and ms/step against the same bandwidth limit (the roofline of decoding).
 - Prefill tokens/s (ours, eager SDPA).
 - The GPT-2-small shape too (ours, batch 1, compiled, against its bandwidth limit).
+- Weight-only int8 and int4 (Lecture 8b, `quantize_int8` / `quantize_int4`, the tied LM head quantized too): batch-1
+  decode tokens/s of ours compiled, speed vs bf16, and against the bandwidth limit of the quantized bytes read per step.
 
-    python benchmarks/bench_inference.py                  # on a GPU: print the tables (about 3 minutes on an H200)
+    python benchmarks/bench_inference.py                  # on a GPU: print the tables (a few minutes on an H200)
     python benchmarks/bench_inference.py --write-results  # ... and write them into benchmarks/RESULTS.md
     python benchmarks/bench_inference.py --small          # a tiny CPU smoke run (eager, no compile)
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -28,10 +31,12 @@ if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results import RESULTS, report, write_block  # noqa: E402  (benchmarks/results.py)
-from cs336_nb.core import describe_device  # noqa: E402
+from cs336_nb.core import describe_device, fmt_bytes  # noqa: E402
 from cs336_nb.inference import decode_bytes_per_step  # noqa: E402
 from cs336_nb.kernels import measure_copy_bandwidth  # noqa: E402
+from cs336_nb.accounting import kv_cache_bytes_per_token  # noqa: E402
 from cs336_nb.model import ModelConfig, TransformerLM, set_attention_backend  # noqa: E402
+from cs336_nb.quantization import model_bytes, quantize_int4, quantize_int8  # noqa: E402
 
 SECTION = "## Inference (Lecture 8)"
 
@@ -89,6 +94,23 @@ def bound_tokens_per_s(cfg: ModelConfig, batch: int, seq_len: int, bw: float, dt
     return batch * bw / decode_bytes_per_step(cfg, batch, seq_len, dtype)
 
 
+def quantized_decode(ours: TransformerLM, ids: torch.Tensor, new: int, reps: int, compile: bool, bw: float, dtype) -> list[dict]:
+    "Batch-1 decode of int8 / int4 copies of `ours` (every Linear, the tied head too): tokens/s and the limit of their bytes."
+    seq, rows = ids.shape[1] + new // 2, []
+    emb = ours.token_embeddings.weight
+    G = 128 if ours.config.d_model % 128 == 0 and ours.config.d_ff % 128 == 0 else 32  # --small: d_model 64
+    for name, quantize in [("int8", quantize_int8), (f"int4 g{G}", lambda m, **kw: quantize_int4(m, G, **kw))]:
+        q = quantize(copy.deepcopy(ours), lm_head=True).eval()
+        nbytes = model_bytes(q) - emb.numel() * emb.element_size() + seq * kv_cache_bytes_per_token(q.config, dtype)  # a looked-up row only
+        tps, toks = ours_decode(q, ids, new, reps, compile)
+        eager = q.generate(ids, 16, temperature=0)[0, ids.shape[1]:]  # the compiled quantized step against its eager self
+        rows.append(dict(weights=name, tokens_per_s=tps, bytes_per_step=nbytes, bound_tokens_per_s=bw / nbytes,
+                         compiled_equals_eager_first_16=toks[0, :16].tolist() == eager.tolist()))
+        del q
+    torch._dynamo.reset()  # their compiled steps out of Dynamo's cache: the batch sweep after recompiles within its limit
+    return rows
+
+
 def run_all(small: bool, prompt: int, new: int, reps: int, batches: tuple[int, ...]) -> dict:
     dev = torch.device("cpu" if small or not torch.cuda.is_available() else "cuda")
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
@@ -123,6 +145,7 @@ def run_all(small: bool, prompt: int, new: int, reps: int, batches: tuple[int, .
     res["ours_tokens_per_s"] = ours_tps
     res["bound_tokens_per_s"] = bound_tokens_per_s(cfg, 1, prompt + new // 2, bw, dtype)
     del hf
+    res["quantized"] = quantized_decode(ours, ids, new, reps, compile, bw, dtype)
     res["sweep"] = []
     for b in batches:
         ib = torch.randint(0, cfg.vocab_size, (b, prompt), generator=g).to(dev)
@@ -160,12 +183,18 @@ def to_markdown(r: dict) -> str:
              f"| GPT-2-small shape ({r['gpt2']['params'] / 1e6:.0f} M), ours compiled | {r['gpt2']['tokens_per_s']:,.0f} | {1e3 / r['gpt2']['tokens_per_s']:.3f} | | {r['gpt2']['tokens_per_s'] / r['gpt2']['bound_tokens_per_s']:.0%} |"]
     sweep = ["", "| batch | decode tokens/s | ms/step | bandwidth limit tokens/s | of limit |", "|---:|---:|---:|---:|---:|"]
     sweep += [f"| {s['batch']} | {s['tokens_per_s']:,.0f} | {s['ms_per_step']:.3f} | {s['bound_tokens_per_s']:,.0f} | {s['tokens_per_s'] / s['bound_tokens_per_s']:.0%} |" for s in r["sweep"]]
+    quant = ["", f"| batch-1 decode, ours `generate(compile={r['compile']})` | tokens/s | ms/token | vs {r['dtype']} | bytes read per step | of bandwidth limit |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| {r['dtype']} weights | {r['ours_tokens_per_s']:,.0f} | {1e3 / r['ours_tokens_per_s']:.3f} | 1.00x | {fmt_bytes(r['copy_bandwidth'] / r['bound_tokens_per_s'])} | {of_bound:.0%} |"]
+    quant += [f"| {q['weights']} weights (`quantize_{q['weights'][:4]}`, LM head too) | {q['tokens_per_s']:,.0f} | {1e3 / q['tokens_per_s']:.3f} | "
+              f"{q['tokens_per_s'] / r['ours_tokens_per_s']:.2f}x | {fmt_bytes(q['bytes_per_step'])} | {q['tokens_per_s'] / q['bound_tokens_per_s']:.0%} |" for q in r["quantized"]]
     p = r["prefill"]
     notes = [f"\nPrefill (ours, eager SDPA, batch {p['batch']} x {p['seq']} tokens): {p['tokens_per_s']:,.0f} tokens/s, "
              f"{p['flops_per_s'] / 1e12:.0f} TFLOP/s (2 N FLOPs per token). Greedy tokens of ours and HF agree on the first 8: "
              f"{r['same_greedy_tokens_first_8']}; ours compiled and eager agree on the first 16: {r['compiled_equals_eager_first_16']} (bf16 random weights can flip near-ties). Compile + warm-up of ours {r['ours_compile_s']:.0f} s, HF {r['hf_s']:.0f} s.",
+             "Quantized, compiled and eager agree on the first 16: " + ", ".join(f"{q['weights']} {q['compiled_equals_eager_first_16']}" for q in r["quantized"]) + ".",
              f"Targets: ours >= 1.2x HF at batch 1: {vs_hf:.2f}x, {ok(vs_hf >= 1.2)}; >= 70% of the bandwidth limit: {of_bound:.0%}, {ok(of_bound >= 0.7)}."]
-    return head + "\n".join(lines + sweep) + "\n" + "\n".join(notes) + "\n"
+    return head + "\n".join(lines + sweep + quant) + "\n" + "\n".join(notes) + "\n"
 
 
 def write_results(md: str, path: Path = RESULTS) -> None:

@@ -18,9 +18,9 @@ from .kernels._triton import _bind_triton, _check_triton_inputs
 from .model import Linear, TransformerLM
 
 # %% auto #0
-__all__ = ['QuantBackend', 'quantize_weight_int8', 'dequantize_int8', 'pack_int4', 'unpack_int4', 'quantize_weight_int4',
-           'dequantize_int4', 'Int8Linear', 'Int4Linear', 'quantize_int8', 'quantize_int4', 'model_bytes',
-           'int8_weight_matmul', 'int4_weight_matmul']
+__all__ = ['QuantBackend', 'AUTO_COMPILED', 'GEMV_MAX_ROWS', 'GEMV_CONFIGS', 'GEMV_DEFAULT', 'GEMV_WAVES', 'quantize_weight_int8',
+           'dequantize_int8', 'pack_int4', 'unpack_int4', 'quantize_weight_int4', 'dequantize_int4', 'Int8Linear',
+           'Int4Linear', 'quantize_int8', 'quantize_int4', 'model_bytes', 'int8_weight_matmul', 'int4_weight_matmul']
 
 # %% ../nbs/08b_quantization.ipynb #7a86af96
 def quantize_weight_int8(w: Float[Tensor, "n k"]) -> tuple[Int[Tensor, "n k"], Float[Tensor, "n"]]:
@@ -74,13 +74,15 @@ def dequantize_int4(packed: Int[Tensor, "n k_half"], scales: Float[Tensor, "n g"
 # %% ../nbs/08b_quantization.ipynb #d4d3ee4b
 QuantBackend = str  # "auto", "dequant", "triton" or "torch"
 _BACKENDS = ("auto", "dequant", "triton", "torch")
+AUTO_COMPILED = {"int8": "triton", "int4": "triton"}  # what "auto" takes on CUDA for few rows while torch.compile traces
 
 
-def _pick_backend(backend: str, x: Tensor) -> str:
-    "The path a quantized layer takes for input rows `x` (rows, k)."
+def _pick_backend(backend: str, x: Tensor, kind: str = "int8") -> str:
+    "The path a quantized layer (`kind` 'int8' or 'int4') takes for input rows `x` (rows, k)."
     if backend not in _BACKENDS: raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend != "auto": return backend
-    return "triton" if x.is_cuda and x.shape[0] <= 16 else "dequant"
+    if not (x.is_cuda and x.shape[0] <= 16): return "dequant"
+    return AUTO_COMPILED[kind] if torch.compiler.is_compiling() else "triton"
 
 
 class Int8Linear(nn.Module):
@@ -102,8 +104,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: Float[Tensor, "... in"]) -> Float[Tensor, "... out"]:
         if x.shape[-1] != self.in_features: raise ValueError(f"x: last dim must be in_features={self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
-        path = _pick_backend(self.backend, x2)
-        if path == "triton": y = int8_weight_matmul(x2, self.weight, self.scale)
+        path = _pick_backend(self.backend, x2, "int8")
+        if path == "triton":  # the custom operator while torch.compile traces, the function itself in eager mode
+            y = (_int8_mm_op if torch.compiler.is_compiling() else int8_weight_matmul)(x2, self.weight, self.scale)
         elif path == "torch": y = torch._weight_int8pack_mm(x2.contiguous(), self.weight, self.scale.to(x2.dtype))
         else: y = (x2 @ self.weight.to(x2.dtype).T) * self.scale.to(x2.dtype)  # the scale factors out of the sum over k
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -140,8 +143,9 @@ class Int4Linear(nn.Module):
     def forward(self, x: Float[Tensor, "... in"]) -> Float[Tensor, "... out"]:
         if x.shape[-1] != self.in_features: raise ValueError(f"x: last dim must be in_features={self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
-        path = _pick_backend(self.backend, x2)
-        if path == "triton": y = int4_weight_matmul(x2, self.weight_packed, self.scales, self.zeros, self.group_size)
+        path = _pick_backend(self.backend, x2, "int4")
+        if path == "triton":  # the custom operator while compiling, as in Int8Linear
+            y = (_int4_mm_op if torch.compiler.is_compiling() else int4_weight_matmul)(x2, self.weight_packed, self.scales, self.zeros, self.group_size)
         elif path == "torch": y = _torch_int4_mm(self, x2)
         else: y = x2 @ self.dequantized_weight(x2.dtype).T
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -248,13 +252,20 @@ def _launch(x: Tensor, N: int, K: int, split_k: int | None) -> tuple[tuple[int, 
     return (triton.cdiv(N, bn), triton.cdiv(M, bm), split_k), dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split_k)
 
 
-def int8_weight_matmul(x: Float[Tensor, "m k"], q: Int[Tensor, "n k"], scale: Float[Tensor, "n"], *,
-                       split_k: int | None = None) -> Float[Tensor, "m n"]:
-    "x @ (q * scale[:, None]).T with q int8 (n, k), one fused Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)."
+def _pick_kernel(kernel: str, rows: int) -> str:
+    "`kernel` 'auto' -> 'gemv' for at most GEMV_MAX_ROWS rows (decoding), else 'tile'."
+    if kernel not in ("auto", "gemv", "tile"): raise ValueError(f"kernel must be 'auto', 'gemv' or 'tile', got {kernel!r}")
+    return kernel if kernel != "auto" else ("gemv" if rows <= GEMV_MAX_ROWS else "tile")
+
+
+def int8_weight_matmul(x: Float[Tensor, "m k"], q: Int[Tensor, "n k"], scale: Float[Tensor, "n"], *, split_k: int | None = None,
+                       kernel: str = "auto", config: dict | str | None = None) -> Float[Tensor, "m n"]:
+    "x @ (q * scale[:, None]).T with q int8 (n, k) in one fused Triton kernel: the GEMV below for a few rows, else tiles."
     _check_triton_inputs("int8_weight_matmul", x, q, scale)
     k1, k2 = _quant_kernels()
     if q.dtype != torch.int8 or x.shape[-1] != q.shape[1]: raise ValueError(f"q must be int8 (n, k={x.shape[-1]}), got {q.dtype} {tuple(q.shape)}")
     x, (N, K) = x.contiguous(), q.shape
+    if _pick_kernel(kernel, x.shape[0]) == "gemv": return _gemv_int8(x, q.contiguous(), scale.contiguous(), config, split_k)
     grid, meta = _launch(x, N, K, split_k)
     y = torch.zeros(x.shape[0], N, device=x.device, dtype=torch.float32 if meta["SPLIT_K"] > 1 else x.dtype)
     k1[grid](x, q, scale, y, x.shape[0], N, K, **meta)
@@ -262,18 +273,161 @@ def int8_weight_matmul(x: Float[Tensor, "m k"], q: Int[Tensor, "n k"], scale: Fl
 
 
 def int4_weight_matmul(x: Float[Tensor, "m k"], packed: Int[Tensor, "n k_half"], scales: Float[Tensor, "n g"],
-                       zeros: Float[Tensor, "n g"], group_size: int, *, split_k: int | None = None) -> Float[Tensor, "m n"]:
+                       zeros: Float[Tensor, "n g"], group_size: int, *, split_k: int | None = None, kernel: str = "auto",
+                       config: dict | str | None = None) -> Float[Tensor, "m n"]:
     "x @ dequantize_int4(packed, scales, zeros).T in one fused Triton kernel (weights read packed, two per byte)."
     _check_triton_inputs("int4_weight_matmul", x, packed, scales, zeros)
     k1, k2 = _quant_kernels()
     N, K = packed.shape[0], 2 * packed.shape[1]
     if x.shape[-1] != K or packed.dtype != torch.uint8: raise ValueError(f"packed must be uint8 (n, k/2) with k={x.shape[-1]}, got {packed.dtype} {tuple(packed.shape)}")
     if K % group_size: raise ValueError(f"group_size={group_size} must divide k={K}")
-    x = x.contiguous()
+    x, packed, scales, zeros = x.contiguous(), packed.contiguous(), scales.contiguous(), zeros.contiguous()
+    if _pick_kernel(kernel, x.shape[0]) == "gemv": return _gemv_int4(x, packed, scales, zeros, group_size, config, split_k)
     grid, meta = _launch(x, N, K, split_k)
     y = torch.zeros(x.shape[0], N, device=x.device, dtype=torch.float32 if meta["SPLIT_K"] > 1 else x.dtype)
-    k2[grid](x, packed.contiguous(), scales.contiguous(), zeros.contiguous(), y, x.shape[0], N, K, group_size, **meta)
+    k2[grid](x, packed, scales, zeros, y, x.shape[0], N, K, group_size, **meta)
     return y.to(x.dtype)
+
+# %% ../nbs/08b_quantization.ipynb #981d4488
+@functools.cache
+def _int8_gemv():
+    "Build the int8 GEMV kernel: BLOCK_N output channels per program, a slab of K per split, rows broadcast."
+    global _int8_gemv_kernel
+    _bind_triton(globals())
+
+    @triton.jit
+    def _int8_gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, M, N, K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, FAST_CVT: tl.constexpr):
+        pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm = tl.arange(0, BLOCK_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0)
+            if FAST_CVT:  # int8 -> fp32 without the slow I2F: q + 2^23 + 128 as float bits, minus that constant
+                w = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+            else: w = w.to(tl.float32)  # (BLOCK_N, BLOCK_K): each row contiguous in memory
+            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0).to(tl.float32)
+            if BLOCK_M == 1: acc += tl.sum(w * x, axis=1)[None, :]  # one row: a 2-D product, reduced over K
+            else: acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)  # (BLOCK_M, BLOCK_N, BLOCK_K) -> (BLOCK_M, BLOCK_N)
+        acc *= tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]  # a split's partial sum, scaled
+        offs = pid_k * M * N + rm[:, None] * N + rn[None, :]  # out: (SPLIT_K, M, N) partials, or y (M, N) itself
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    return _int8_gemv_kernel
+
+# %% ../nbs/08b_quantization.ipynb #4714dea5
+@functools.cache
+def _int4_gemv():
+    "Build the int4 GEMV kernel: as the int8 one, the K slab walked in steps within one group (one scale per channel)."
+    global _int4_gemv_kernel
+    _bind_triton(globals())
+
+    @triton.jit
+    def _int4_gemv_kernel(x_ptr, p_ptr, s_ptr, z_ptr, out_ptr, M, N, K, G, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_K: tl.constexpr, GROUP_K: tl.constexpr, SPLIT_K: tl.constexpr, FAST_CVT: tl.constexpr):
+        pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm = tl.arange(0, BLOCK_M)
+        rj = tl.arange(0, GROUP_K // 2)  # the bytes of one step: byte j holds weights 2j (low nibble) and 2j + 1
+        K2, NG, nmask, mmask = K // 2, K // G, rn < N, rm < M
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
+            for s in tl.static_range(BLOCK_K // GROUP_K):  # GROUP_K divides G: a step lies in one group
+                rp = (k0 + s * GROUP_K) // 2 + rj
+                p = tl.load(p_ptr + rn[:, None].to(tl.int64) * K2 + rp[None, :], mask=nmask[:, None] & (rp[None, :] < K2), other=0)
+                p = p.to(tl.int32)  # (BLOCK_N, GROUP_K / 2)
+                if FAST_CVT:  # code | 2^23 as float bits is 2^23 + code: an OR and a subtraction instead of an I2F
+                    lo = ((p & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                    hi = ((p >> 4) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+                else: lo, hi = (p & 0xF).to(tl.float32), (p >> 4).to(tl.float32)
+                xmask = mmask[:, None] & (rp[None, :] < K2)
+                xe = tl.load(x_ptr + rm[:, None] * K + 2 * rp[None, :], mask=xmask, other=0.0).to(tl.float32)  # (BLOCK_M, GROUP_K / 2)
+                xo = tl.load(x_ptr + rm[:, None] * K + 2 * rp[None, :] + 1, mask=xmask, other=0.0).to(tl.float32)
+                if BLOCK_M == 1: dot = tl.sum(lo * xe + hi * xo, axis=1)[None, :]  # (1, BLOCK_N): sum of x times codes
+                else: dot = tl.sum(xe[:, None, :] * lo[None, :, :] + xo[:, None, :] * hi[None, :, :], axis=2)  # (BLOCK_M, BLOCK_N)
+                g = (k0 + s * GROUP_K) // G
+                gmask = nmask & (rn * 0 + g < NG)  # the last step may run past K
+                sc = tl.load(s_ptr + rn.to(tl.int64) * NG + g, mask=gmask, other=0.0).to(tl.float32)
+                zp = tl.load(z_ptr + rn.to(tl.int64) * NG + g, mask=gmask, other=0.0).to(tl.float32)
+                acc += dot * sc[None, :] + tl.sum(xe + xo, axis=1)[:, None] * zp[None, :]  # sum x (q s + z) = s sum x q + z sum x
+        offs = pid_k * M * N + rm[:, None] * N + rn[None, :]
+        tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    return _int4_gemv_kernel
+
+# %% ../nbs/08b_quantization.ipynb #2a2fc720
+GEMV_MAX_ROWS = 4  # int8/int4_weight_matmul take the GEMV kernel up to this many rows, the tile kernel above
+GEMV_CONFIGS = {  # candidate launch configurations, for a sweep on the GPU; BLOCK_K is for one row (divided by the rows' power of two)
+    "n32_k256": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4),
+    "n16_k512": dict(BLOCK_N=16, BLOCK_K=512, num_warps=4),
+    "n64_k128": dict(BLOCK_N=64, BLOCK_K=128, num_warps=4),
+    "n32_k512_w8": dict(BLOCK_N=32, BLOCK_K=512, num_warps=8),
+    "n64_k256_w8": dict(BLOCK_N=64, BLOCK_K=256, num_warps=8),
+    "n32_k256_x8": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, waves=8),  # twice the programs: more bytes in flight
+    "n32_k256_i2f": dict(BLOCK_N=32, BLOCK_K=256, num_warps=4, FAST_CVT=False),  # the plain int -> float conversion
+}
+GEMV_DEFAULT = {"int8": "n32_k256", "int4": "n32_k256"}  # the configuration each kernel runs with when none is given
+GEMV_WAVES = 4  # split K until about this many programs per SM (a configuration's "waves" overrides it)
+
+
+def _gemv_meta(kind: str, config: dict | str | None, M: int, N: int, K: int, device: torch.device, split_k: int | None,
+               group_size: int | None = None) -> tuple[tuple[int, int], dict, int]:
+    "(grid, kernel meta-parameters, num_warps) of a GEMV launch for M rows of an (N, K) weight."
+    if not isinstance(config, dict) and (config or GEMV_DEFAULT[kind]) not in GEMV_CONFIGS:
+        raise ValueError(f"config must be a dict or one of {list(GEMV_CONFIGS)}, got {config!r}")
+    cfg = config if isinstance(config, dict) else GEMV_CONFIGS[config or GEMV_DEFAULT[kind]]
+    bm = triton.next_power_of_2(M)
+    bn, bk = cfg["BLOCK_N"], max(16, cfg["BLOCK_K"] // bm)  # more rows, shorter K steps: the same registers
+    meta = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, FAST_CVT=cfg.get("FAST_CVT", True))
+    if group_size is not None:  # int4: a step must not straddle two groups
+        meta["GROUP_K"] = math.gcd(bk, group_size)  # a power of two dividing both: BLOCK_K / GROUP_K unrolled steps
+    steps = triton.cdiv(K, meta["BLOCK_K"])
+    if split_k is None:  # enough programs to fill the GPU: GEMV_WAVES per SM; one on the CPU (the interpreter)
+        waves = cfg.get("waves", GEMV_WAVES)
+        split_k = 1 if device.type != "cuda" else max(1, min(steps, waves * _num_sms(device) // triton.cdiv(N, bn)))
+    meta["SPLIT_K"] = split_k
+    return (triton.cdiv(N, bn), split_k), meta, cfg.get("num_warps", 4)
+
+# %% ../nbs/08b_quantization.ipynb #8a2c6e53
+def _gemv_out(x: Tensor, N: int, split_k: int) -> Tensor:
+    "Where the kernel writes: y (M, N) in x's dtype, or float32 partial sums (split_k, M, N), summed after (no atomics)."
+    return torch.empty((x.shape[0], N) if split_k == 1 else (split_k, x.shape[0], N), device=x.device,
+                       dtype=x.dtype if split_k == 1 else torch.float32)
+
+
+def _gemv_int8(x: Tensor, q: Tensor, scale: Tensor, config, split_k: int | None) -> Tensor:
+    "x (M, K) @ (q * scale).T through the int8 GEMV kernel."
+    (N, K), M = q.shape, x.shape[0]
+    grid, meta, warps = _gemv_meta("int8", config, M, N, K, x.device, split_k)
+    out = _gemv_out(x, N, meta["SPLIT_K"])
+    _int8_gemv()[grid](x, q, scale, out, M, N, K, num_warps=warps, **meta)
+    return out if meta["SPLIT_K"] == 1 else out.sum(0).to(x.dtype)
+
+
+def _gemv_int4(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int, config, split_k: int | None) -> Tensor:
+    "x (M, K) @ dequantize_int4(...).T through the int4 GEMV kernel."
+    N, K, M = packed.shape[0], 2 * packed.shape[1], x.shape[0]
+    grid, meta, warps = _gemv_meta("int4", config, M, N, K, x.device, split_k, group_size)
+    out = _gemv_out(x, N, meta["SPLIT_K"])
+    _int4_gemv()[grid](x, packed, scales, zeros, out, M, N, K, group_size, num_warps=warps, **meta)
+    return out if meta["SPLIT_K"] == 1 else out.sum(0).to(x.dtype)
+
+# %% ../nbs/08b_quantization.ipynb #7ba17cfc
+@torch.library.custom_op("cs336_nb::int8_weight_mm", mutates_args=())
+def _int8_mm_op(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
+    "Custom operator: `int8_weight_matmul` (x (m, k), q int8 (n, k), scale (n,)) -> (m, n), opaque to torch.compile."
+    return int8_weight_matmul(x, q, scale)
+
+@_int8_mm_op.register_fake
+def _(x, q, scale): return x.new_empty(x.shape[0], q.shape[0])
+
+@torch.library.custom_op("cs336_nb::int4_weight_mm", mutates_args=())
+def _int4_mm_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_size: int) -> Tensor:
+    "Custom operator: `int4_weight_matmul` (x (m, k), packed uint8 (n, k/2), scales and zeros (n, k/G)) -> (m, n)."
+    return int4_weight_matmul(x, packed, scales, zeros, group_size)
+
+@_int4_mm_op.register_fake
+def _(x, packed, scales, zeros, group_size): return x.new_empty(x.shape[0], packed.shape[0])
 
 # %% ../nbs/08b_quantization.ipynb #8bc591a4
 def _torch_int4_mm(layer: Int4Linear, x: Tensor) -> Tensor:

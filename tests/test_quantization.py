@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cs336_nb.model import Linear, ModelConfig, TransformerLM
-from cs336_nb.quantization import (Int4Linear, Int8Linear, dequantize_int4, dequantize_int8, int4_weight_matmul,
+from cs336_nb.quantization import (GEMV_CONFIGS, Int4Linear, Int8Linear, dequantize_int4, dequantize_int8, int4_weight_matmul,
                                    int8_weight_matmul, model_bytes, pack_int4, quantize_int4, quantize_int8,
                                    quantize_weight_int4, quantize_weight_int8, unpack_int4)
 
@@ -143,3 +143,58 @@ def test_quantized_model_generates_like_its_dequantized_twin():
             if k in sd and sd[k].dtype == v.dtype and sd[k].shape == v.shape: v.copy_(sd[k])
     prompt = torch.randint(0, 97, (2, 5))
     assert torch.equal(qm.generate(prompt, 10, temperature=0), twin.generate(prompt, 10, temperature=0))
+
+
+@pytest.mark.parametrize("config", list(GEMV_CONFIGS))
+@pytest.mark.parametrize("M,N,K,split_k", [(1, 64, 256, 1), (1, 72, 384, 2), (3, 40, 512, 3), (4, 33, 1024, None)])
+def test_gemv_int8_kernel(config, M, N, K, split_k):
+    w, x = _w(N, K).to(DEV), torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(DEV)
+    q, s = quantize_weight_int8(w)
+    got = int8_weight_matmul(x, q, s, kernel="gemv", config=config, split_k=split_k)
+    torch.testing.assert_close(got, x @ dequantize_int8(q, s).T, atol=TOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", list(GEMV_CONFIGS))
+@pytest.mark.parametrize("M,N,K,G,split_k", [(1, 64, 256, 128, 1), (1, 72, 384, 128, 2), (2, 40, 256, 32, 1), (3, 16, 512, 256, 3),
+                                             (4, 33, 1024, 64, None)])
+def test_gemv_int4_kernel(config, M, N, K, G, split_k):
+    w, x = _w(N, K).to(DEV), torch.randn(M, K, generator=torch.Generator().manual_seed(1)).to(DEV)
+    p, s, z = quantize_weight_int4(w, G)
+    got = int4_weight_matmul(x, p, s, z, G, kernel="gemv", config=config, split_k=split_k)
+    torch.testing.assert_close(got, x @ dequantize_int4(p, s, z).T, atol=TOL, rtol=1e-4)
+
+
+def test_gemv_bf16_activations():
+    w = _w(48, 256).to(DEV)
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(1)).to(DEV, torch.bfloat16)
+    q, s = quantize_weight_int8(w)
+    p, sc, z = quantize_weight_int4(w, 128)
+    torch.testing.assert_close(int8_weight_matmul(x, q, s, kernel="gemv").float(), x.float() @ dequantize_int8(q, s).T, atol=0.5, rtol=0.02)
+    torch.testing.assert_close(int4_weight_matmul(x, p, sc, z, 128, kernel="gemv").float(), x.float() @ dequantize_int4(p, sc, z).T, atol=0.5, rtol=0.02)
+
+
+def test_kernel_choice():
+    w, x = _w(40, 256).to(DEV), torch.randn(6, 256, generator=torch.Generator().manual_seed(1)).to(DEV)
+    q, s = quantize_weight_int8(w)
+    torch.testing.assert_close(int8_weight_matmul(x[:1], q, s), int8_weight_matmul(x[:1], q, s, kernel="tile"), atol=TOL, rtol=1e-4)
+    torch.testing.assert_close(int8_weight_matmul(x, q, s), int8_weight_matmul(x, q, s, kernel="gemv"), atol=TOL, rtol=1e-4)
+    with pytest.raises(ValueError, match="kernel must be"): int8_weight_matmul(x, q, s, kernel="gemm")
+
+
+def test_custom_ops_opcheck():
+    from cs336_nb.quantization import _int4_mm_op, _int8_mm_op
+    w, x = _w(48, 256).to(DEV), torch.randn(2, 256, generator=torch.Generator().manual_seed(1)).to(DEV)
+    torch.library.opcheck(_int8_mm_op, (x, *quantize_weight_int8(w)))
+    torch.library.opcheck(_int4_mm_op, (x, *quantize_weight_int4(w, 128), 128))
+
+
+@pytest.mark.parametrize("backend", ["dequant", "triton", "torch"])
+@pytest.mark.parametrize("bits", [8, 4])
+def test_compiled_decode_equals_eager(bits, backend):
+    cfg = ModelConfig.tiny(num_layers=2, d_model=128, d_ff=256, vocab_size=96, context_length=32)  # vocab % 16: the CPU int4 op
+    torch.manual_seed(0)
+    base = TransformerLM.from_config(cfg, device=DEV).eval()
+    qm = quantize_int8(base, backend=backend) if bits == 8 else quantize_int4(base, 64, backend=backend)
+    prompt = torch.randint(0, 96, (1, 5), device=DEV)
+    eager = qm.generate(prompt, 6, temperature=0)
+    assert torch.equal(qm.generate(prompt, 6, temperature=0, compile=True), eager)  # fullgraph=True: a graph break raises
