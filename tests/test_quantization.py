@@ -198,3 +198,17 @@ def test_compiled_decode_equals_eager(bits, backend):
     prompt = torch.randint(0, 96, (1, 5), device=DEV)
     eager = qm.generate(prompt, 6, temperature=0)
     assert torch.equal(qm.generate(prompt, 6, temperature=0, compile=True), eager)  # fullgraph=True: a graph break raises
+
+
+@pytest.mark.parametrize("backend", ["dequant", "triton", "torch"])
+@pytest.mark.parametrize("rows", [1, 5])  # the GEMV kernel, and the tile kernel above GEMV_MAX_ROWS
+@pytest.mark.parametrize("bits", [8, 4])
+def test_layer_backends_match_the_dequantized_reference(bits, rows, backend):
+    torch.manual_seed(0)
+    lin = Linear(256, 48, device=DEV)
+    q = Int8Linear.from_linear(lin, backend=backend) if bits == 8 else Int4Linear.from_linear(lin, 128, backend=backend)
+    w = dequantize_int8(q.weight, q.scale) if bits == 8 else q.dequantized_weight()
+    x = torch.randn(rows, 256, device=DEV)
+    if backend == "torch" and bits == 4: x, w = x.bfloat16(), w.bfloat16()  # PyTorch's int4 operator takes bf16
+    tol = 0.1 if x.dtype == torch.bfloat16 else TOL
+    torch.testing.assert_close(q(x).float(), (x @ w.T).float(), atol=tol, rtol=0.02)
