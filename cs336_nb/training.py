@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -29,6 +30,8 @@ from fastcore.basics import patch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm import tqdm
+
+from .model import ModelConfig, MoEConfig, swiglu_hidden_dim
 
 # %% auto #0
 __all__ = ['generate', 'cross_entropy', 'get_lr_cosine_schedule', 'get_lr_wsd_schedule', 'gradient_clipping',
@@ -411,85 +414,119 @@ def _check_config(cfg) -> None:
         get_device(cfg.device)  # a ValueError naming the device when it is not on this machine
 
 def _check_train_config(cfg) -> None:
-    "The checks of `TrainConfig` beyond types: shapes that fit, a valid MoE block, known schedule and dtype."
+    "The checks of `TrainConfig` beyond types (its `model` checked itself, see `_model_config`): known schedule and dtype."
     _check_config(cfg)
-    if cfg.d_model % cfg.num_heads: raise ValueError(f"d_model ({cfg.d_model}) must be divisible by num_heads ({cfg.num_heads})")
-    if cfg.moe is not None:  # the fields of MoEConfig, checked by it (unknown keys are a TypeError)
-        from cs336_nb.model import MoEConfig
-        if not isinstance(cfg.moe, dict): raise TypeError(f"TrainConfig.moe must be a dict of MoEConfig fields or None, got {cfg.moe!r}")
-        MoEConfig(**cfg.moe)
+    if not isinstance(cfg.model, ModelConfig): raise TypeError(f"TrainConfig.model must be a ModelConfig, got {type(cfg.model).__name__}")
     if cfg.batch_size < 1 or cfg.max_iters < 1: raise ValueError("batch_size and max_iters must be >= 1")
     if cfg.schedule not in ("cosine", "wsd"): raise ValueError(f"schedule must be 'cosine' or 'wsd', got {cfg.schedule!r}")
     if cfg.dtype not in ("auto", "bfloat16", "float16", "float32"): raise ValueError(f"dtype must be auto/bfloat16/float16/float32, got {cfg.dtype!r}")
 
+# %% ../nbs/04_training.ipynb #5e1d0a72
+_MODEL_KEYS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+_TRAIN_MODEL = dict(vocab_size=1024, context_length=256, d_model=256, num_layers=4, num_heads=4, d_ff=None,
+                    attn_backend="auto")  # TrainConfig's default model; every other field: ModelConfig's default
+
+def _model_error(e: Exception, where: str = "TrainConfig.model") -> Exception:
+    "`e` (from ModelConfig or MoEConfig) with the field it names prefixed: 'TrainConfig.model.d_model=30 must be ...'."
+    first = (str(e).replace("=", " ").split() or [""])[0]
+    return type(e)(f"{where}{'.' if first in _MODEL_KEYS and where.endswith('model') else ': '}{e}")
+
+def _model_config(d: dict) -> ModelConfig:
+    "The `ModelConfig` of the fields in `d` over `_TRAIN_MODEL`; `d_ff` None: 8/3 d_model rounded up to 64 (SwiGLU)."
+    if bad := sorted(set(d) - _MODEL_KEYS): raise ValueError(f"unknown TrainConfig.model keys {bad}; known: {sorted(_MODEL_KEYS)}")
+    m = {**_TRAIN_MODEL, **d}
+    if m["d_ff"] is None and _SIMPLE_TYPES["int"](m["d_model"]) and m["d_model"] > 0: m["d_ff"] = swiglu_hidden_dim(m["d_model"])
+    if isinstance(m.get("moe"), dict):
+        try: m["moe"] = MoEConfig(**m["moe"])
+        except (TypeError, ValueError) as e: raise _model_error(e, "TrainConfig.model.moe") from None
+    try: return ModelConfig(**m)
+    except (TypeError, ValueError) as e: raise _model_error(e) from None
+
+def _nest_model(kw: dict) -> dict:
+    "`kw` with the model's keys (flat `d_model`, dotted `model.d_model`, or `model`: a ModelConfig or a dict) made one ModelConfig under 'model'; flat and dotted keys win over `model`."
+    model = kw.get("model")
+    keys = {k.removeprefix("model."): v for k, v in kw.items() if k in _MODEL_KEYS or k.startswith("model.")}
+    rest = {k: v for k, v in kw.items() if k != "model" and k not in _MODEL_KEYS and not k.startswith("model.")}
+    if model is not None and not isinstance(model, (ModelConfig, dict)):
+        raise TypeError(f"TrainConfig.model must be a ModelConfig or a dict of its fields, got {model!r}")
+    if isinstance(model, ModelConfig):
+        if not keys: return {**rest, "model": model}
+        if "d_model" in keys and "d_ff" not in keys and model.d_ff == swiglu_hidden_dim(model.d_model):
+            keys["d_ff"] = None  # the default width follows a new d_model, as it did when it was not stored
+        model = model.to_dict()
+    return {**rest, "model": _model_config({**(model or {}), **keys})}
+
 # %% ../nbs/04_training.ipynb #3c9ac779
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
-    "Everything a training run needs; `train_cli` reads it from JSON, with `--override key=value`."
+    """Everything a training run needs: the model (a `ModelConfig`, under `model`) and how to train it. `to_dict`, and so
+    result.json and checkpoints, writes the nested layout {"model": {...}, "corpus": ...}; the constructor, `from_dict`
+    and `from_json` also take the model's fields flat (`d_model=512`), the layout of configs written before the nesting."""
     # data: a corpus (a `cs336_nb.corpora` name or a text file), split and tokenized with a BPE trained on its train split
     corpus: str = "tinyshakespeare"
-    vocab_size: int = 1024
-    val_fraction: float = 0.1
-    max_corpus_bytes: int | None = None
-    # model (a `cs336_nb.model.TransformerLM`)
-    context_length: int = 256
-    d_model: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    d_ff: int | None = None          # None: 8/3 d_model rounded up to a multiple of 64 (SwiGLU)
-    num_kv_heads: int | None = None
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    attn_backend: str = "auto"       # "auto": "sdpa" on GPU, the lecture's "naive" attention on CPU
-    dropout: float = 0.0
+    val_fraction: float = 0.1        # the share of the text, at its end, held out for validation
+    max_corpus_bytes: int | None = None  # use only the corpus's first bytes; None: all of it
+    # the model: a `cs336_nb.model.ModelConfig` (see `_model_config`); model.vocab_size is the size the BPE is trained to,
+    # and the model gets the tokenizer's size, which is smaller only if the corpus runs out of pairs to merge
+    model: ModelConfig = field(default_factory=lambda: _model_config({}))
+    # training-time regularisers (not part of the model's shape)
+    dropout: float = 0.0             # on the embeddings and every sublayer's output (`add_residual_dropout`)
     ema_decay: float | None = None   # evaluate (and keep as best) an exponential moving average of the weights
-    moe: dict | None = None          # mixture-of-experts FFNs: `cs336_nb.model.MoEConfig` fields (Lecture 5); None: dense
     # optimization (AdamW, warmup + cosine, global-norm clipping)
-    batch_size: int = 32
-    max_iters: int = 1000
+    batch_size: int = 32             # sequences per step
+    max_iters: int = 1000            # optimizer steps
     max_time_s: float | None = None  # stop early once the loop has run this long
-    learning_rate: float = 1e-3
-    min_learning_rate: float = 1e-4
-    warmup_iters: int = 100
+    learning_rate: float = 1e-3      # the peak rate, after warmup
+    min_learning_rate: float = 1e-4  # the rate at the end of the decay
+    warmup_iters: int = 100          # linear warmup steps
     cosine_cycle_iters: int | None = None  # None: max_iters
-    schedule: str = "cosine"          # "cosine" (warmup + cosine decay) or "wsd" (warmup, stable, decay at the end)
+    schedule: str = "cosine"         # "cosine" (warmup + cosine decay) or "wsd" (warmup, stable, decay at the end)
     decay_iters: int | None = None   # WSD: steps of the final decay; None: a fifth of max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    weight_decay: float = 0.1        # AdamW's, on matrices and embeddings only
+    beta1: float = 0.9               # AdamW's first-moment decay ...
+    beta2: float = 0.95              # ... its second-moment decay ...
+    eps: float = 1e-8                # ... and its epsilon
+    grad_clip: float = 1.0           # the global gradient norm is clipped to this
     # evaluation, checkpoints, logging
-    eval_interval: int = 200
+    eval_interval: int = 200         # steps between validation passes
     eval_batches: int | None = None  # None: the whole validation split
-    log_interval: int = 20
-    out_dir: str = "runs/shakespeare"
+    log_interval: int = 20           # steps between loss/throughput records
+    out_dir: str = "runs/shakespeare"  # checkpoints and result.json
     data_dir: str | None = None      # tokenizer and token files (cached); None: out_dir/data
     checkpoint_interval: int | None = None  # None: only at the end (and the best-so-far when keep_best)
-    keep_best: bool = True
-    resume: bool = False
+    keep_best: bool = True           # also keep the checkpoint of the best validation loss (best.pt)
+    resume: bool = False             # continue from out_dir/ckpt.pt if it exists
     init_checkpoint: str | None = None  # start from these model weights (e.g. an upcycled MoE), fresh optimizer and step 0
     # system
-    device: str = "auto"
+    device: str = "auto"             # "auto": the best accelerator here
     dtype: str = "auto"              # autocast dtype: "auto" = bfloat16 on GPU, float32 on CPU
     compile: bool | None = None      # None: compile on GPU only
-    seed: int = 0
-    progress: bool = True
+    seed: int = 0                    # seeds torch, numpy and the batch sampler
+    progress: bool = True            # tqdm bars
 
     def __post_init__(self): _check_train_config(self)
 
+# %% ../nbs/04_training.ipynb #5e1d0a77
+_fields_init = getattr(TrainConfig.__init__, "__wrapped__", TrainConfig.__init__)  # the dataclass's own (also when this cell runs again)
+
+@functools.wraps(_fields_init)
+def _init_nested(self, **kw):
+    "The dataclass's __init__ after `_nest_model`: the model's fields may also come flat or as a dict."
+    _fields_init(self, **_nest_model(kw))
+
+TrainConfig.__init__ = _init_nested
+
 # %% ../nbs/04_training.ipynb #f0b31d62
-@patch(as_prop=True)
-def ffn_dim(self: TrainConfig) -> int:
-    "The FFN width: `d_ff`, or 8/3 d_model rounded up to a multiple of 64 (SwiGLU)."
-    return self.d_ff or 64 * math.ceil(8 * self.d_model / 3 / 64)
+def _check_keys(d: dict) -> None:
+    "A ValueError naming the keys of `d` that are neither TrainConfig fields nor the model's (flat or dotted)."
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(k for k in d if k not in known and k.removeprefix("model.") not in _MODEL_KEYS)
+    if bad: raise ValueError(f"unknown TrainConfig keys {bad}; known: {sorted(known)}, and the model's {sorted(_MODEL_KEYS)}")
 
 @patch(cls_method=True)
 def from_dict(cls: TrainConfig, d: dict) -> "TrainConfig":
-    "A `TrainConfig` from a dict of its fields; an unknown key is a ValueError naming the known ones."
-    known = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(d) - known)
-    if bad: raise ValueError(f"unknown TrainConfig keys {bad}; known: {sorted(known)}")
+    "A `TrainConfig` from a dict of its fields, nested (`to_dict`'s layout) or flat (the model's keys at the top level)."
+    _check_keys(d)
     return cls(**d)
 
 @patch(cls_method=True)
@@ -499,12 +536,40 @@ def from_json(cls: TrainConfig, path: str | os.PathLike, overrides: Sequence[str
     except json.JSONDecodeError as e: raise ValueError(f"{path} is not a JSON TrainConfig: {e}") from None
     if not isinstance(d, dict): raise ValueError(f"{path} must hold a JSON object of TrainConfig fields")
     d.pop("_comment", None)
+    changes = {}
     for ov in overrides:
         if "=" not in ov: raise ValueError(f"override {ov!r} must look like key=value")
-        k, v = ov.split("=", 1)
-        try: d[k.strip()] = json.loads(v)
-        except json.JSONDecodeError: d[k.strip()] = v  # a bare string
-    return cls.from_dict(d)
+        k, v = (s.strip() for s in ov.split("=", 1))
+        try: changes[k] = json.loads(v)
+        except json.JSONDecodeError: changes[k] = v  # a bare string
+    _check_keys(d); _check_keys(changes)
+    return cls(**{**_nest_model(d), **changes})  # the file's model, then the changes: as `replace` applies them
+
+# %% ../nbs/04_training.ipynb #5e1d0a74
+@patch
+def to_dict(self: TrainConfig) -> dict:
+    "The nested layout: the training fields and 'model' (a dict of ModelConfig's fields), as result.json stores it."
+    return dataclasses.asdict(self)
+
+@patch
+def replace(self: TrainConfig, **kw) -> TrainConfig:
+    "A copy with `kw` changed: model keys (`d_model=`, or `model=` a dict of changes or a ModelConfig) go into `model`."
+    _check_keys(kw)
+    if isinstance(kw.get("model"), dict): kw = {**{f"model.{k}": v for k, v in kw.pop("model").items()}, **kw}
+    return dataclasses.replace(self, **_nest_model({"model": self.model, **kw}))
+
+def _model_field(self: TrainConfig, name: str):
+    "Read-only shortcuts to the model's fields: `cfg.d_model` is `cfg.model.d_model`."
+    model = self.__dict__.get("model")
+    if model is None or name not in _MODEL_KEYS: raise AttributeError(f"'TrainConfig' object has no attribute {name!r}")
+    return getattr(model, name)
+
+def _no_model_field(self: TrainConfig, name: str, value) -> None:
+    "Setting `cfg.d_model` would not reach the model: an error saying how to change it."
+    if name in _MODEL_KEYS: raise AttributeError(f"cfg.{name} is the model's: use cfg.replace({name}=...) (or set cfg.model.{name})")
+    object.__setattr__(self, name, value)
+
+TrainConfig.__getattr__, TrainConfig.__setattr__ = _model_field, _no_model_field
 
 # %% ../nbs/04_training.ipynb #06278a5a
 def _flops_per_token(model: torch.nn.Module, context_length: int) -> float:
@@ -518,14 +583,13 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
-def build_model(cfg: TrainConfig, vocab_size: int, device: str | torch.device | None = None) -> torch.nn.Module:
-    "The `TransformerLM` a `TrainConfig` describes (attention backend 'auto': 'sdpa' on GPU, 'naive' on CPU)."
+def build_model(cfg: TrainConfig, vocab_size: int | None = None, device: str | torch.device | None = None) -> torch.nn.Module:
+    "The `TransformerLM` of `cfg.model` with `vocab_size` tokens (the tokenizer's; None: model.vocab_size); attention 'auto': 'sdpa' on GPU, 'naive' on CPU."
     from cs336_nb.model import TransformerLM
     device = torch.device(device) if device is not None else torch.device("cpu")
-    backend = cfg.attn_backend if cfg.attn_backend != "auto" else ("sdpa" if device.type == "cuda" else "naive")
-    return TransformerLM(vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.ffn_dim,
-                         cfg.rope_theta, num_kv_heads=cfg.num_kv_heads, tie_embeddings=cfg.tie_embeddings,
-                         attn_backend=backend, moe=cfg.moe, device=device)
+    m = cfg.model
+    backend = m.attn_backend if m.attn_backend != "auto" else ("sdpa" if device.type == "cuda" else "naive")
+    return TransformerLM.from_config(m.replace(vocab_size=vocab_size or m.vocab_size, attn_backend=backend), device=device)
 
 # %% ../nbs/04_training.ipynb #f67e753d
 def _empty_history() -> dict[str, list]:
@@ -574,7 +638,7 @@ def _start_run(cfg: TrainConfig) -> _Run:
     device = get_device(None if cfg.device == "auto" else cfg.device)
     seed_everything(cfg.seed)
     out_dir = Path(cfg.out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    data = prepare_corpus(cfg.corpus, cfg.data_dir or out_dir / "data", cfg.vocab_size, val_fraction=cfg.val_fraction,
+    data = prepare_corpus(cfg.corpus, cfg.data_dir or out_dir / "data", cfg.model.vocab_size, val_fraction=cfg.val_fraction,
                           max_bytes=cfg.max_corpus_bytes, progress=cfg.progress)
     data_time_s = time.perf_counter() - t_start
     model = build_model(cfg, data.vocab_size, device)
@@ -589,7 +653,7 @@ def _start_run(cfg: TrainConfig) -> _Run:
     def loss_fn(x: Tensor, y: Tensor) -> Tensor:  # model + loss in one graph: the compiler fuses the softmax into few kernels
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss = cross_entropy(model(x), y)
-            return loss + model.moe_aux_loss() if cfg.moe is not None else loss  # MoE: + the layers' balance losses
+            return loss + model.moe_aux_loss() if cfg.model.moe is not None else loss  # MoE: + the layers' balance losses
     return _Run(cfg, device, data, model, optimizer, ema, amp, torch.compile(loss_fn) if use_compile else loss_fn,
                 use_compile, out_dir, t_start, data_time_s, rng=np.random.default_rng(cfg.seed))
 
@@ -624,7 +688,7 @@ def _train_step(run: _Run, it: int) -> tuple[Tensor, Tensor, float]:
     cfg = run.cfg
     lr = _learning_rate(cfg, it)
     for g in run.optimizer.param_groups: g["lr"] = lr
-    x, y = get_batch(run.data.train, cfg.batch_size, cfg.context_length, run.device, generator=run.rng)
+    x, y = get_batch(run.data.train, cfg.batch_size, cfg.model.context_length, run.device, generator=run.rng)
     loss = run.step_loss(x, y)
     loss.backward()
     grad_norm = gradient_clipping(run.model.parameters(), cfg.grad_clip)
@@ -642,7 +706,7 @@ def _log_step(run: _Run, it: int, loss: Tensor, grad_norm: Tensor, lr: float, pb
     run.loop_time += now - run.t_mark
     hist["iter"].append(it + 1); hist["train_loss"].append(loss.item()); hist["lr"].append(lr)
     hist["grad_norm"].append(grad_norm.item()); hist["time_s"].append(run.loop_time)
-    if run.cfg.moe is not None:  # MoE: the auxiliary loss and each layer's expert loads of this step
+    if run.cfg.model.moe is not None:  # MoE: the auxiliary loss and each layer's expert loads of this step
         hist.setdefault("moe_aux_loss", []).append(run.model.moe_aux_loss().detach().item())
         hist.setdefault("expert_load", []).append([l.tolist() for l in run.model.moe_loads()])
     hist["tokens_per_s"].append(run.tok_mark / (now - run.t_mark))
@@ -653,7 +717,7 @@ def _eval_step(run: _Run, it: int) -> float:
     "Validation loss after `it` steps (of the averaged weights, if kept); saves the best checkpoint; records it."
     cfg, hist = run.cfg, run.hist
     with run.ema.applied() if run.ema is not None else contextlib.nullcontext():
-        v = evaluate(run.model, run.data.val, cfg.context_length, cfg.batch_size, run.device, autocast_dtype=run.amp,
+        v = evaluate(run.model, run.data.val, cfg.model.context_length, cfg.batch_size, run.device, autocast_dtype=run.amp,
                      max_batches=cfg.eval_batches)
         if cfg.keep_best and v < run.best_val:
             run.best_val = v
@@ -665,7 +729,7 @@ def _eval_step(run: _Run, it: int) -> float:
 def _save_run(run: _Run, it: int) -> None:
     "A full checkpoint after `it` steps: weights, optimizer, history, best loss, config, moving average, generators."
     save_checkpoint(run.model, run.optimizer, it, run.ckpt_path, extra=dict(
-        history=run.hist, best_val=run.best_val, config=dataclasses.asdict(run.cfg),
+        history=run.hist, best_val=run.best_val, config=run.cfg.to_dict(),
         rng_state=run.rng.bit_generator.state, torch_rng_state=torch.get_rng_state(),
         cuda_rng_state=torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
         ema=run.ema.state_dict() if run.ema is not None else None))
@@ -675,13 +739,13 @@ def _run_result(run: _Run) -> dict:
     "The summary of a finished run (also written to `out_dir/result.json`, without the model and tokenizer)."
     from cs336_nb.core import detect_accelerator, mfu
     cfg, hist, model = run.cfg, run.hist, run.model
-    flops_per_token = _flops_per_token(model, cfg.context_length)
+    flops_per_token = _flops_per_token(model, cfg.model.context_length)
     accel = detect_accelerator() if run.device.type == "cuda" else None
     # steady-state throughput: the median over log intervals, leaving out the first (compilation, warm-up)
     tps = hist["tokens_per_s"][2:] or hist["tokens_per_s"]
     tokens_per_s = float(np.median(tps)) if tps else float("nan")
     result = dict(
-        config=dataclasses.asdict(cfg), history=hist, iterations=hist["iter"][-1] if hist["iter"] else run.start_iter,
+        config=cfg.to_dict(), history=hist, iterations=hist["iter"][-1] if hist["iter"] else run.start_iter,
         n_params=sum(p.numel() for p in model.parameters()),
         final_val_loss=hist["val_loss"][-1], final_val_bpb=hist["val_bpb"][-1],
         best_val_loss=min(hist["val_loss"]), best_val_bpb=min(hist["val_bpb"]),
@@ -801,7 +865,7 @@ def train_cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cs336-nb train", description="Train a TransformerLM from a JSON TrainConfig.")
     parser.add_argument("--config", required=True, help="JSON file with TrainConfig fields (see configs/)")
     parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field; the value is parsed as JSON, else taken as a string")
+                        help="override one field (a model field as d_model or model.d_model); the value is parsed as JSON, else taken as a string")
     parser.add_argument("--sample", type=str, default=None, help="after training, print a sample continuing this prompt")
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)

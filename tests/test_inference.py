@@ -243,7 +243,7 @@ def _fake_run(tmp_path):
     tok.save(data / "vocab.json", data / "merges.txt")
     cfg = TrainConfig(context_length=64, d_model=32, num_layers=1, num_heads=2, out_dir=str(tmp_path), data_dir=str(data), device="cpu")
     save_checkpoint(build_model(cfg, 257), None, 1, tmp_path / "best.pt")
-    (tmp_path / "result.json").write_text(json.dumps({"config": cfg.__dict__}))
+    (tmp_path / "result.json").write_text(json.dumps({"config": cfg.to_dict()}))
     return tmp_path
 
 

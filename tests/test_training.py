@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from cs336_nb.model import TransformerLM
 from cs336_nb.optim import AdamW
-from cs336_nb.training import (TrainConfig, add_residual_dropout, bits_per_byte, cross_entropy, evaluate, get_batch,
-                               get_lr_cosine_schedule, gradient_clipping, load_checkpoint, sample_next_token,
+from cs336_nb.training import (TrainConfig, add_residual_dropout, bits_per_byte, build_model, cross_entropy, evaluate,
+                               get_batch, get_lr_cosine_schedule, gradient_clipping, load_checkpoint, sample_next_token,
                                save_checkpoint, split_text, tokenize_to_memmap, train, train_cli)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,8 +255,53 @@ def test_train_cli_configs_and_overrides(corpus, capsys):
     assert train_cli(["--config", str(corpus / "missing.json")]) == 2
     assert train_cli(["--config", str(cfg_path), "-o", "no_equals_sign"]) == 2
     assert train_cli([]) == 2                                    # argparse: --config is required
-    for name in ("shakespeare_cpu.json", "shakespeare_h100.json", "gpt2_small_h100.json"):
+    for name in ("shakespeare_cpu.json", "shakespeare_h100.json", "gpt2_small_h100.json", "moe_shakespeare_cpu.json",
+                 "moe_shakespeare_h200.json"):
         TrainConfig.from_json(ROOT / "configs" / name)           # the shipped configs are valid
+    assert train_cli(["--config", str(cfg_path), "-o", f"out_dir={out}", "-o", "model.d_model=32", "-o", "max_iters=2"]) == 0
+    assert json.loads((out / "result.json").read_text())["config"]["model"]["d_model"] == 32  # a dotted override
+
+
+# the `config` of a result.json written before TrainConfig held a ModelConfig: the model's fields at the top level
+OLD_RESULT_CONFIG = {
+    "corpus": "tinyshakespeare", "vocab_size": 300, "val_fraction": 0.1, "max_corpus_bytes": None, "context_length": 32,
+    "d_model": 32, "num_layers": 1, "num_heads": 2, "d_ff": None, "num_kv_heads": None, "rope_theta": 10000.0,
+    "tie_embeddings": False, "attn_backend": "auto", "dropout": 0.0, "ema_decay": None, "moe": {"num_experts": 4, "top_k": 2},
+    "batch_size": 32, "max_iters": 1000, "max_time_s": None, "learning_rate": 0.001, "min_learning_rate": 0.0001,
+    "warmup_iters": 100, "cosine_cycle_iters": None, "schedule": "cosine", "decay_iters": None, "weight_decay": 0.1,
+    "beta1": 0.9, "beta2": 0.95, "eps": 1e-08, "grad_clip": 1.0, "eval_interval": 200, "eval_batches": None,
+    "log_interval": 20, "out_dir": "runs/x", "data_dir": None, "checkpoint_interval": None, "keep_best": True,
+    "resume": False, "init_checkpoint": None, "device": "cpu", "dtype": "auto", "compile": None, "seed": 0, "progress": True}
+
+
+def test_train_config_reads_the_old_flat_layout():
+    "A stored flat config loads into the nested TrainConfig: the same model as before, and it round-trips nested."
+    from cs336_nb.model import MoEConfig
+    cfg = TrainConfig.from_dict(OLD_RESULT_CONFIG)
+    assert cfg.model.d_ff == 128                                 # d_ff None: 8/3 * 32 = 85.3, rounded up to a multiple of 64
+    assert cfg.model.moe == MoEConfig(num_experts=4, top_k=2)
+    assert cfg.model.attn_backend == "auto"
+    assert cfg.model.vocab_size == 300 and cfg.max_iters == 1000
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg           # written back nested, read again
+    assert "d_model" not in cfg.to_dict() and cfg.to_dict()["model"]["d_model"] == 32
+    assert build_model(cfg, 300).layers[0].attn.attn_backend == "naive"  # "auto" on the CPU
+
+
+def test_train_config_routes_model_keys():
+    "Flat, dotted and nested spellings of a model field are one; replace routes them; unknown keys are errors."
+    nested = TrainConfig.from_dict({"model": {"d_model": 64, "num_heads": 2}, "batch_size": 4})
+    assert TrainConfig.from_dict({"d_model": 64, "num_heads": 2, "batch_size": 4}) == nested
+    assert TrainConfig.from_dict({"model.d_model": 64, "model.num_heads": 2, "batch_size": 4}) == nested
+    assert TrainConfig(d_model=64, num_heads=2, batch_size=4) == nested
+    assert nested.replace(num_layers=3, max_iters=5).model.num_layers == 3
+    assert nested.replace(num_layers=3, max_iters=5).max_iters == 5
+    assert nested.replace(d_model=128).model.d_ff == 384          # the default width follows d_model ...
+    assert nested.replace(d_ff=96).replace(d_model=128).model.d_ff == 96  # ... a chosen one stays
+    assert nested.d_model == 64                                   # the read-only shortcut
+    with pytest.raises(AttributeError, match="cfg.replace"): nested.d_model = 8
+    with pytest.raises(ValueError, match="unknown TrainConfig keys"): TrainConfig.from_dict({"nope": 1})
+    with pytest.raises(ValueError, match="unknown TrainConfig.model keys"): TrainConfig.from_dict({"model": {"nope": 1}})
+    with pytest.raises(ValueError, match="TrainConfig.model.d_model=30"): TrainConfig(d_model=30, num_heads=4)
 
 
 def test_bench_script_smoke():
