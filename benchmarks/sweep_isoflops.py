@@ -21,7 +21,6 @@ a step these tiny models take on a GPU (launch-bound, not FLOP-bound: an earlier
 tokens in under 160 s on the H200); WSD is about 2,900 steps (under a minute), muP 30 runs of 150 steps (about a minute).
 """
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -87,8 +86,8 @@ def run_isoflop(S: dict, base: TrainConfig, train_tokens: int, name: str, out: P
 def run_wsd(S: dict, base: TrainConfig, name: str, out: Path) -> None:
     "One WSD trunk, a decay branched at each budget, and cosine runs of each length."
     d, L = S["wsd_model"]
-    cfg = dataclasses.replace(base, d_model=d, num_layers=L, num_heads=max(1, d // 16), out_dir=str(Path(base.out_dir).parent / "wsd"),
-                              eval_interval=S["wsd_eval_every"], eval_batches=8)
+    cfg = base.replace(d_model=d, num_layers=L, num_heads=max(1, d // 16), out_dir=str(Path(base.out_dir).parent / "wsd"),
+                       eval_interval=S["wsd_eval_every"], eval_batches=8)
     w = wsd_branches(cfg, S["wsd_budgets"], decay_fraction=0.2, progress=False)
     _write(out, dict(device=name, budgets=w["budgets"], decay_fraction=0.2, d_model=d, num_layers=L, trunk=_slim(w["trunk"]),
                      branch={T: _slim(r) for T, r in w["branch"].items()}, cosine={T: _slim(r) for T, r in w["cosine"].items()}))
@@ -126,12 +125,12 @@ def main(argv=None) -> int:
     name = describe_device(device)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="sweep_isoflops_"))
     out_dir = Path(args.out_dir) if args.out_dir else (work / "out" if args.small else ROOT / "benchmarks")
-    base = TrainConfig(corpus=str(corpus), vocab_size=512, context_length=S["context_length"], batch_size=S["batch_size"],
+    base = TrainConfig(corpus=str(corpus), model=dict(vocab_size=512, context_length=S["context_length"]), batch_size=S["batch_size"],
                        warmup_iters=S["warmup"], learning_rate=3e-3, min_learning_rate=3e-4, weight_decay=0.1,
                        device=str(device), compile=False, eval_batches=None, progress=False,
                        out_dir=str(work / "runs"), data_dir=str(work / "data"))
     t0 = time.perf_counter()
-    data = prepare_corpus(str(corpus), base.data_dir, base.vocab_size, progress=False)
+    data = prepare_corpus(str(corpus), base.data_dir, base.model.vocab_size, progress=False)
     print(f"{name}\ncorpus: tiny Shakespeare, {len(data.train):,} train / {len(data.val):,} val tokens (BPE {data.vocab_size}); "
           f"{time.perf_counter() - t0:.1f} s; parts {', '.join(parts)}; writing to {out_dir}", flush=True)
     for part in parts:

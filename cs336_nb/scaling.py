@@ -339,20 +339,19 @@ def isoflop_sweep(budgets: Sequence[float], shapes: Sequence[tuple[int, int]], b
                   min_iters: int = 20, max_iters: int | None = None, device_name: str | None = None,
                   progress: bool = True) -> list[dict]:
     "Train `cs336_nb.training.train` models of each (d_model, num_layers) shape at each FLOP budget C = 6 N D; one record per run (shapes needing fewer than `min_iters` or more than `max_iters` steps are skipped)."
-    import dataclasses
     from cs336_nb.training import TrainConfig, prepare_corpus, train
     if not isinstance(base, TrainConfig): raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
     _positive_array("budgets", budgets)
-    vocab = prepare_corpus(base.corpus, base.data_dir, base.vocab_size, progress=False).vocab_size
-    tokens_per_step = base.batch_size * base.context_length
+    vocab = prepare_corpus(base.corpus, base.data_dir, base.model.vocab_size, progress=False).vocab_size
+    tokens_per_step = base.batch_size * base.model.context_length
     records, todo = [], [(C, d, L) for C in budgets for d, L in shapes]
     for C, d, L in tqdm(todo, desc="IsoFLOP sweep", disable=not progress):
-        cfg = dataclasses.replace(base, d_model=d, num_layers=L, num_heads=max(1, d // head_dim))
+        cfg = base.replace(d_model=d, num_layers=L, num_heads=max(1, d // head_dim))  # a default d_ff follows d_model
         n = _non_embedding_params(cfg, vocab)
         iters = round(C / (6 * n * tokens_per_step))
         if iters < min_iters or (max_iters and iters > max_iters): continue   # too big (or too small) for this budget
-        cfg = dataclasses.replace(cfg, max_iters=iters, warmup_iters=min(base.warmup_iters, iters // 10), eval_interval=iters,
-                                  keep_best=False, progress=False, out_dir=f"{base.out_dir}/C{C:.0e}_d{d}_L{L}")
+        cfg = cfg.replace(max_iters=iters, warmup_iters=min(base.warmup_iters, iters // 10), eval_interval=iters,
+                          keep_best=False, progress=False, out_dir=f"{base.out_dir}/C{C:.0e}_d{d}_L{L}")
         r = train(cfg)
         records.append(dict(parameters=n, compute_budget=float(C), final_loss=r["final_val_loss"], d_model=d, num_layers=L,
                             iterations=iters, tokens=iters * tokens_per_step, device=device_name or r["device"]))
@@ -361,7 +360,6 @@ def isoflop_sweep(budgets: Sequence[float], shapes: Sequence[tuple[int, int]], b
 # %% ../nbs/09_scaling_laws.ipynb #b8be9140
 def wsd_branches(base, budgets: Sequence[int], *, decay_fraction: float = 0.2, progress: bool = True) -> dict:
     "One constant-rate WSD trunk, checkpointed at T - T_d for each budget T; a decay of T_d steps branched from each; cosine runs of each length from scratch to compare."
-    import dataclasses
     from cs336_nb.training import TrainConfig, train
     if not isinstance(base, TrainConfig): raise TypeError(f"base must be a TrainConfig, got {type(base).__name__}")
     budgets = sorted(int(t) for t in budgets)
@@ -369,7 +367,7 @@ def wsd_branches(base, budgets: Sequence[int], *, decay_fraction: float = 0.2, p
     if not budgets or budgets[0] * (1 - decay_fraction) < base.warmup_iters:
         raise ValueError(f"budgets must be non-empty and each stable phase at least warmup_iters={base.warmup_iters} steps")
     root = Path(base.out_dir)
-    run = lambda **kw: train(dataclasses.replace(base, progress=False, keep_best=False, **kw))
+    run = lambda **kw: train(base.replace(progress=False, keep_best=False, **kw))
     trunk_dir, out = root / "trunk", dict(budgets=budgets, decay_fraction=decay_fraction, branch={}, cosine={})
     for d in [trunk_dir] + [root / f"{k}_{T}" for k in ("branch", "cosine") for T in budgets]:
         if d.exists(): shutil.rmtree(d)                                    # a stale trunk would be resumed
