@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_inference import SECTION, llama_config  # noqa: E402
+from bench_inference import SECTION, llama_config, ours_decode  # noqa: E402
 from results import report, write_block  # noqa: E402
 from cs336_nb.core import describe_device  # noqa: E402
 from cs336_nb.inference import decode_bytes_per_step  # noqa: E402
@@ -38,14 +37,6 @@ CLASSES = [  # (label, test on the kernel name), first match wins
 
 def classify(name: str) -> str:
     return next((label for label, test in CLASSES if test(name)), "other")
-
-
-def step_time(model, ids, new: int) -> float:
-    "Seconds per decode step of `generate(compile=True)`, greedy, after the first token (no sync per token)."
-    it = model.generate_stream(ids, new, temperature=0, compile=True)
-    next(it); torch.cuda.synchronize(); t0 = time.perf_counter()
-    n = sum(1 for _ in it); torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
 
 
 def profile_kernels(model, ids, steps: int = 30) -> dict:
@@ -114,8 +105,7 @@ def run_all(prompt: int = 64, new: int = 256) -> dict:
     del hf
     bw = measure_copy_bandwidth(2**30, dev)
     ids = torch.randint(0, model.config.vocab_size, (1, prompt), device=dev)
-    step_time(model, ids, 16)  # compile and warm up
-    wall = min(step_time(model, ids, new) for _ in range(3))
+    wall = 1 / ours_decode(model, ids, new, 3, compile=True)[0]  # bench_inference's timing: a warm-up run, the best of 3
     bound = decode_bytes_per_step(model.config, 1, prompt + new // 2, dtype) / bw
     return dict(device=describe_device(dev), params=model.num_params(), copy_bandwidth=bw, step_us=wall * 1e6, bound_us=bound * 1e6,
                 kernels=profile_kernels(model, ids), matmuls=time_matmuls(model, dtype))
