@@ -27,7 +27,7 @@ __all__ = ['ROPE_SCALING_KEYS', 'AttentionBackend', 'NormKind', 'FFNKind', 'Line
            'rope_scaled_frequencies', 'scaled_dot_product_attention', 'register_attention_backend',
            'available_attention_backends', 'get_attention_backend', 'set_attention_backend', 'use_attention_backend',
            'causal_mask', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig',
-           'TransformerLM', 'KVCache', 'sample_logits']
+           'TransformerLM', 'KVCache', 'one_query_attention', 'sample_logits']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -699,6 +699,18 @@ def make_kv_cache(self: TransformerLM, batch_size: int, max_seq_len: int | None 
     shapes = [(layer.attn.num_kv_heads, layer.attn.d_head) for layer in self.layers]
     return KVCache.empty(shapes, batch_size, max_seq_len, dtype=dtype or p.dtype, device=device or p.device)
 
+# %% ../nbs/03_architectures.ipynb #kvc0002c
+def one_query_attention(q: Float[Tensor, "b hkv g d"], k: Float[Tensor, "b hkv s d"], v: Float[Tensor, "b hkv s d"],
+                        pos: Int[Tensor, "b 1"], window: int | None = None) -> Float[Tensor, "b hkv g d"]:
+    "Attention of one query per row and query head (`g` heads share each K/V head) over slots 0..pos (the last `window` of them), in float32."
+    S, D = k.shape[-2], q.shape[-1]
+    scores = (q[..., None, :].float() * k[:, :, None].float()).sum(-1) / math.sqrt(D)  # (b, hkv, g, s)
+    slots = torch.arange(S, device=q.device)
+    visible = slots <= pos  # (b, s)
+    if window is not None: visible = visible & (slots > pos - window)
+    probs = torch.softmax(scores.masked_fill(~visible[:, None, None], float("-inf")), dim=-1)
+    return (probs[..., None] * v[:, :, None].float()).sum(-2)  # (b, hkv, g, d)
+
 # %% ../nbs/03_architectures.ipynb #kvc00003
 def _masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, backend: str | None) -> Tensor:
     "Attention with a boolean mask (True: may attend): ours for the naive backend, PyTorch's SDPA for every other."
@@ -719,6 +731,9 @@ def _attend_cached(self: MultiHeadSelfAttention, q: Tensor, k: Tensor, v: Tensor
     S = kc.shape[-2] if kv_len is None else kv_len
     keys, values = kc[:, :, :S].to(q.dtype), vc[:, :, :S].to(q.dtype)  # (B, Hkv, S, D)
     g = self.num_heads // self.num_kv_heads
+    if T == 1 and torch.compiler.is_compiling():  # a compiled decode step: attention as reductions inductor fuses (below)
+        out = one_query_attention(q.reshape(B, self.num_kv_heads, g, -1), keys, values, pos, self.sliding_window)
+        return out.reshape(B, self.num_heads, 1, -1).to(q.dtype)
     slots = torch.arange(S, device=pos.device)
     mask = slots <= pos[..., None]  # (B, T, S): slot j is visible at position p iff j <= p ...
     if self.sliding_window is not None: mask &= slots > pos[..., None] - self.sliding_window  # ... and within the window
