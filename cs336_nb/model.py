@@ -27,7 +27,7 @@ __all__ = ['ROPE_SCALING_KEYS', 'AttentionBackend', 'NormKind', 'FFNKind', 'Line
            'rope_scaled_frequencies', 'scaled_dot_product_attention', 'register_attention_backend',
            'available_attention_backends', 'get_attention_backend', 'set_attention_backend', 'use_attention_backend',
            'causal_mask', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig',
-           'TransformerLM', 'KVCache', 'one_query_attention', 'sample_logits']
+           'TransformerLM', 'KVCache', 'one_query_attention', 'sample_logits', 'chunked_argmax']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -808,6 +808,15 @@ def _prepare_prompts(prompt_ids, device, pad: int = 0) -> tuple[Tensor, Tensor]:
     for b, p in enumerate(prompt_ids): ids[b, :len(p)] = torch.tensor(p, dtype=torch.long)
     return ids.to(device), torch.tensor(lens, dtype=torch.long, device=device)
 
+# %% ../nbs/03_architectures.ipynb #kvc0007c
+def chunked_argmax(x: Float[Tensor, "... n"], chunks: int = 64) -> Int[Tensor, "..."]:
+    "`x.argmax(-1)` in two reductions, per chunk then across chunks, so one wide row (a vocabulary) spreads over many GPU programs."
+    n = x.shape[-1]
+    if n % chunks or n < 2 * chunks: return x.argmax(-1)
+    vals, idx = x.unflatten(-1, (chunks, n // chunks)).max(-1)  # (..., chunks): each chunk's max and where
+    best = vals.argmax(-1, keepdim=True)  # the first chunk holding the overall max
+    return (best * (n // chunks) + idx.gather(-1, best)).squeeze(-1)
+
 # %% ../nbs/03_architectures.ipynb #kvc00008
 import weakref
 _COMPILED_STEPS: "weakref.WeakKeyDictionary[TransformerLM, dict]" = weakref.WeakKeyDictionary()  # model -> compiled steps, cache
@@ -825,7 +834,7 @@ def _decode_step(self: TransformerLM, token: Tensor, kv_cache: KVCache) -> Tenso
 @patch
 def _decode_step_greedy(self: TransformerLM, token: Tensor, kv_cache: KVCache) -> Tensor:
     "The greedy step: (batch,) argmax tokens, so that a compiled graph holds the argmax too (one kernel less per step)."
-    return self._decode_step(token, kv_cache).argmax(-1)
+    return chunked_argmax(self._decode_step(token, kv_cache))
 
 
 @patch
