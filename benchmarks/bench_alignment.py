@@ -80,7 +80,7 @@ def run_all(batch: int, prompt_len: int, new_tokens: int, reps: int, d_model: in
 
 
 def to_markdown(res: dict) -> str:
-    head = (f"{SECTION}\n\nDevice: {res['device']}. Model: d_model {res['d_model']}, {res['layers']} layers, vocabulary 1024, "
+    head = (f"Device: {res['device']}. Model: d_model {res['d_model']}, {res['layers']} layers, vocabulary 1024, "
             f"{res['dtype']}. Batch {res['batch']} prompts of {res['prompt_len']} tokens, {res['new_tokens']} sampled tokens each "
             f"(temperature 1, no EOS). {res['note']}\n\n| variant | seconds | tokens/s | vs HF |\n|---|---|---|---|\n")
     return head + "\n".join(f"| {r['variant']} | {r['seconds']:.4f} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x |" for r in res["rows"]) + "\n"
