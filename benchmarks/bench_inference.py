@@ -10,7 +10,9 @@
 - Prefill tokens/s (ours, eager SDPA).
 - The GPT-2-small shape too (ours, batch 1, compiled, against its bandwidth limit).
 - Weight-only int8 and int4 (Lecture 8b, `quantize_int8` / `quantize_int4`, the tied LM head quantized too): batch-1
-  decode tokens/s of ours compiled, speed vs bf16, and against the bandwidth limit of the quantized bytes read per step.
+  decode tokens/s of ours compiled, speed vs bf16, and against the bandwidth limit of the quantized bytes read per step;
+  per backend: int8 through our Triton GEMV (a custom operator) or "dequant" (cast and matmul, which inductor turns
+  into one reduction over the int8 weights, gpt-fast's recipe), int4 through our Triton GEMV or torch's int4 kernel.
 
     python benchmarks/bench_inference.py                  # on a GPU: print the tables (a few minutes on an H200)
     python benchmarks/bench_inference.py --write-results  # ... and write them into benchmarks/RESULTS.md
@@ -99,12 +101,15 @@ def quantized_decode(ours: TransformerLM, ids: torch.Tensor, new: int, reps: int
     seq, rows = ids.shape[1] + new // 2, []
     emb = ours.token_embeddings.weight
     G = 128 if ours.config.d_model % 128 == 0 and ours.config.d_ff % 128 == 0 else 32  # --small: d_model 64
-    for name, quantize in [("int8", quantize_int8), (f"int4 g{G}", lambda m, **kw: quantize_int4(m, G, **kw))]:
-        q = quantize(copy.deepcopy(ours), lm_head=True).eval()
+    variants = [("int8", "triton", quantize_int8), ("int8", "dequant", quantize_int8),  # our GEMV kernel; inductor's reduction on int8
+                (f"int4 g{G}", "triton", lambda m, **kw: quantize_int4(m, G, **kw)), (f"int4 g{G}", "torch", lambda m, **kw: quantize_int4(m, G, **kw))]
+    if ids.device.type != "cuda": variants = [v for v in variants if v[1] != "triton"]  # no Triton kernels without a GPU (or its interpreter)
+    for name, backend, quantize in variants:
+        q = quantize(copy.deepcopy(ours), lm_head=True, backend=backend).eval()
         nbytes = model_bytes(q) - emb.numel() * emb.element_size() + seq * kv_cache_bytes_per_token(q.config, dtype)  # a looked-up row only
         tps, toks = ours_decode(q, ids, new, reps, compile)
         eager = q.generate(ids, 16, temperature=0)[0, ids.shape[1]:]  # the compiled quantized step against its eager self
-        rows.append(dict(weights=name, tokens_per_s=tps, bytes_per_step=nbytes, bound_tokens_per_s=bw / nbytes,
+        rows.append(dict(weights=name, backend=backend, tokens_per_s=tps, bytes_per_step=nbytes, bound_tokens_per_s=bw / nbytes,
                          compiled_equals_eager_first_16=toks[0, :16].tolist() == eager.tolist()))
         del q
     torch._dynamo.reset()  # their compiled steps out of Dynamo's cache: the batch sweep after recompiles within its limit
@@ -186,13 +191,13 @@ def to_markdown(r: dict) -> str:
     quant = ["", f"| batch-1 decode, ours `generate(compile={r['compile']})` | tokens/s | ms/token | vs {r['dtype']} | bytes read per step | of bandwidth limit |",
              "|---|---:|---:|---:|---:|---:|",
              f"| {r['dtype']} weights | {r['ours_tokens_per_s']:,.0f} | {1e3 / r['ours_tokens_per_s']:.3f} | 1.00x | {fmt_bytes(r['copy_bandwidth'] / r['bound_tokens_per_s'])} | {of_bound:.0%} |"]
-    quant += [f"| {q['weights']} weights (`quantize_{q['weights'][:4]}`, LM head too) | {q['tokens_per_s']:,.0f} | {1e3 / q['tokens_per_s']:.3f} | "
+    quant += [f"| {q['weights']} weights (`quantize_{q['weights'][:4]}(backend={q.get('backend', 'auto')!r})`, LM head too) | {q['tokens_per_s']:,.0f} | {1e3 / q['tokens_per_s']:.3f} | "
               f"{q['tokens_per_s'] / r['ours_tokens_per_s']:.2f}x | {fmt_bytes(q['bytes_per_step'])} | {q['tokens_per_s'] / q['bound_tokens_per_s']:.0%} |" for q in r["quantized"]]
     p = r["prefill"]
     notes = [f"\nPrefill (ours, eager SDPA, batch {p['batch']} x {p['seq']} tokens): {p['tokens_per_s']:,.0f} tokens/s, "
              f"{p['flops_per_s'] / 1e12:.0f} TFLOP/s (2 N FLOPs per token). Greedy tokens of ours and HF agree on the first 8: "
              f"{r['same_greedy_tokens_first_8']}; ours compiled and eager agree on the first 16: {r['compiled_equals_eager_first_16']} (bf16 random weights can flip near-ties). Compile + warm-up of ours {r['ours_compile_s']:.0f} s, HF {r['hf_s']:.0f} s.",
-             "Quantized, compiled and eager agree on the first 16: " + ", ".join(f"{q['weights']} {q['compiled_equals_eager_first_16']}" for q in r["quantized"]) + ".",
+             "Quantized, compiled and eager agree on the first 16: " + ", ".join(f"{q['weights']} {q.get('backend', 'auto')} {q['compiled_equals_eager_first_16']}" for q in r["quantized"]) + ".",
              f"Targets: ours >= 1.2x HF at batch 1: {vs_hf:.2f}x, {ok(vs_hf >= 1.2)}; >= 70% of the bandwidth limit: {of_bound:.0%}, {ok(of_bound >= 0.7)}."]
     return head + "\n".join(lines + sweep + quant) + "\n" + "\n".join(notes) + "\n"
 
