@@ -103,31 +103,14 @@ def bench_gemm(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> 
                 dense=run(lambda: a @ w), flops=3 * 2 * tokens * k * d_model * dff)
 
 
-FWD_TILES = [dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3),
-             dict(block_m=128, block_n=128, block_k=64, num_warps=4, num_stages=4),
-             dict(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)]
-TN_TILES = [dict(block_m=64, block_k=128, block_n=128, num_warps=8, num_stages=3),
-            dict(block_m=32, block_k=128, block_n=128, num_warps=4, num_stages=4),
-            dict(block_m=64, block_k=128, block_n=256, num_warps=8, num_stages=3)]
-
-
-def tune_triton(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> dict:
-    "Pick the Triton kernels' tiles among a few candidates on this shape's first projection; set them in the module."
-    E, k, dff = s["num_experts"], s["top_k"], s["d_ff"]
-    offs = random_offs(tokens, k, E, device)
-    a = torch.randn(tokens * k, d_model, device=device, dtype=dtype)
-    b = torch.randn(E, dff, d_model, device=device, dtype=dtype).transpose(1, 2)
-    dout = torch.randn(tokens * k, dff, device=device, dtype=dtype)
-    sched = G.tile_schedule(offs, a.shape[0], 128)
-    out, db = torch.empty(a.shape[0], dff, device=device, dtype=dtype), torch.empty_like(b)
-    fwd = {i: _time(lambda: G._launch_gmm(a, b, out, sched, c), reps, device) for i, c in enumerate(FWD_TILES)}
-    tn = {i: _time(lambda: G._launch_gmm_tn(a, dout, sched[3], db, c), reps, device) for i, c in enumerate(TN_TILES)}
-    G.GROUPED_MM_CONFIG.update(FWD_TILES[min(fwd, key=fwd.get)])
-    G.GROUPED_MM_TN_CONFIG.update(TN_TILES[min(tn, key=tn.get)])
-    flops = 2 * a.shape[0] * d_model * dff
-    return dict(fwd={_tiles(c): flops / fwd[i] for i, c in enumerate(FWD_TILES)},
-                tn={_tiles(c, tn=True): flops / tn[i] for i, c in enumerate(TN_TILES)},
-                picked_fwd=_tiles(G.GROUPED_MM_CONFIG), picked_tn=_tiles(G.GROUPED_MM_TN_CONFIG, tn=True))
+def picked_tiles(d_model: int, d_ff: int, dtype) -> dict:
+    "The tiles `triton.autotune` picked for this shape's grouped GEMMs (after they ran): forward/dA per (N, K), dB per (K, N)."
+    picked, dt = G.picked_configs(), str(dtype).removeprefix("torch.")
+    out = {}
+    for kern, dims, tn in (("fwd/dA", "N, K", False), ("dB", "K, N", True)):
+        for key in ((d_ff, d_model), (d_model, d_ff)):
+            if (c := picked[kern].get((*key, dt))) is not None: out[f"{kern} ({dims}) = {key}"] = _tiles(c, tn)
+    return out
 
 
 def _tiles(c: dict, tn: bool = False) -> str:
@@ -149,12 +132,12 @@ def run_all(small: bool = False, reps: int = 10) -> dict:
                d_model=c["d_model"], small=small, shapes=[])
     res["ceiling_n"] = 8192 if device.type == "cuda" else 256
     res["ceiling_flops"] = matmul_ceiling(res["ceiling_n"], dtype, device, reps)
-    if device.type == "cuda": res["tuning"] = tune_triton(c["tokens"], c["d_model"], c["shapes"][0], dtype, device, reps)
     for s in c["shapes"]:
         print(f"{s['name']} ...", file=sys.stderr, flush=True)
         row = dict(s, flops=active_flops(c["tokens"], c["d_model"], s))
         row["layer"] = bench_layer(c["tokens"], c["d_model"], s, dtype, device, reps)
         row["gemm"] = bench_gemm(c["tokens"], c["d_model"], s, dtype, device, reps)
+        row["tiles"] = picked_tiles(c["d_model"], s["d_ff"], dtype)   # empty under the interpreter (nothing tuned)
         res["shapes"].append(row)
     return res
 
@@ -202,12 +185,10 @@ def to_markdown(res: dict) -> str:
             "do the same matmul FLOPs per token; 'active TFLOP/s' counts those FLOPs (3x the forward's for forward+backward). "
             "The grouped GEMM alone, forward+backward (dA: the same kernel with b transposed; dB: per-group a^T dout), "
             "random routing of the tokens:\n\n")
-    tune = ""
-    if "tuning" in res:
-        T = res["tuning"]
-        fmt = lambda d: ", ".join(f"{k}: {v / 1e12:.0f}" for k, v in d.items())
-        tune = (f"\n\nTriton tiles picked in this run on the first shape's (S, d) x (d, d_ff) (TFLOP/s): forward/dA "
-                f"(BMxBNxBK) {fmt(T['fwd'])} -> {T['picked_fwd']}; dB (BKxBNxBM) {fmt(T['tn'])} -> {T['picked_tn']}.")
+    tune = "".join(f"\n- {s['name']}: " + "; ".join(f"{k}: {v}" for k, v in s["tiles"].items())
+                   for s in res["shapes"] if s.get("tiles"))
+    if tune: tune = ("\n\nTriton tiles `triton.autotune` picked in this run per problem shape (forward/dA as BMxBNxBK, "
+                     "dB as BKxBNxBM, warps, stages), in the layer and the grouped GEMM timed here:" + tune)
     return head + "\n".join(lines) + tune + note + "\n".join(g_lines) + "\n\n" + ("Targets:\n" + "\n".join(targets) + "\n" if not res["small"]
                                                                         else "(CPU smoke run: the targets apply on the GPU.)\n")
 

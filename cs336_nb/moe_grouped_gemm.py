@@ -15,8 +15,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['GROUPED_MM_CONFIG', 'GROUPED_MM_TN_CONFIG', 'grouped_mm_loop', 'tile_schedule', 'GroupedMMFunction', 'grouped_mm',
-           'random_offs']
+__all__ = ['GROUPED_MM_CONFIG', 'GROUPED_MM_TN_CONFIG', 'GROUPED_MM_CONFIGS', 'GROUPED_MM_TN_CONFIGS', 'grouped_mm_loop',
+           'tile_schedule', 'picked_configs', 'GroupedMMFunction', 'grouped_mm', 'random_offs']
 
 # %% ../nbs/05a_grouped_gemm.ipynb #gmm06
 triton = tl = None  # bound in this module by `_import_triton()` when the kernels are first built
@@ -174,39 +174,90 @@ def _gmm_tn_kernel_built():
 
 # %% ../nbs/05a_grouped_gemm.ipynb #gmm24
 GROUPED_MM_CONFIG = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
-"Tiles of the forward and input-gradient kernel on a GPU (chosen for Hopper, bf16)."
+"Default tiles of the forward and input-gradient kernel on a GPU (Hopper, bf16): the first autotune candidate."
 GROUPED_MM_TN_CONFIG = dict(block_m=64, block_k=128, block_n=128, num_warps=8, num_stages=3)
-"Tiles of the weight-gradient kernel on a GPU: (block_k, block_n) output tiles, block_m rows per step."
+"Default tiles of the weight-gradient kernel: (block_k, block_n) output tiles, block_m rows per step; the first candidate."
+_t = lambda bm, bn, bk, w, s: dict(block_m=bm, block_n=bn, block_k=bk, num_warps=w, num_stages=s)
+GROUPED_MM_CONFIGS = [GROUPED_MM_CONFIG, _t(128, 128, 64, 4, 4), _t(128, 128, 64, 8, 4), _t(128, 128, 64, 4, 5),
+                      _t(128, 128, 32, 4, 5), _t(128, 256, 64, 8, 3), _t(128, 256, 64, 8, 4), _t(128, 256, 32, 8, 4),
+                      _t(128, 64, 64, 4, 4)]
+"Candidate tiles of the forward/dA kernel, autotuned per (N, K, dtype); all with block_m 128 (the schedule's row tile)."
+GROUPED_MM_TN_CONFIGS = [GROUPED_MM_TN_CONFIG, _t(32, 128, 128, 4, 4), _t(64, 128, 128, 4, 4), _t(128, 128, 128, 8, 3),
+                         _t(64, 256, 128, 8, 3), _t(64, 128, 256, 8, 3), _t(32, 256, 128, 8, 4), _t(32, 128, 256, 8, 4)]
+"Candidate tiles of the weight-gradient kernel, autotuned per (K, N, dtype)."
 _INTERPRET_CONFIG = dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
 
-def _configs(device: torch.device) -> tuple[dict, dict]:
-    "The tile configs of the two kernels for tensors on `device`."
-    return (_INTERPRET_CONFIG, _INTERPRET_CONFIG) if device.type == "cpu" else (GROUPED_MM_CONFIG, GROUPED_MM_TN_CONFIG)
+def _configs(device: torch.device) -> tuple[dict | None, dict | None]:
+    "Explicit tiles of the two kernels for tensors on `device`: the interpreter's; None on a GPU (autotuned per shape)."
+    return (_INTERPRET_CONFIG, _INTERPRET_CONFIG) if device.type == "cpu" or _interpreting() else (None, None)
+
+def _block_m(cfg: dict | None) -> int:
+    "The row tile of the forward schedule: the explicit config's, else the autotuned candidates' (all equal)."
+    return cfg["block_m"] if cfg else (_INTERPRET_CONFIG if _interpreting() else GROUPED_MM_CONFIG)["block_m"]
+
+# %% ../nbs/05a_grouped_gemm.ipynb #gmm24b
+def _triton_config(c: dict):
+    "A `triton.Config` from one of our tile dicts."
+    return triton.Config({"BLOCK_M": c["block_m"], "BLOCK_N": c["block_n"], "BLOCK_K": c["block_k"]},
+                         num_warps=c["num_warps"], num_stages=c["num_stages"])
+
+def _tile_dict(c) -> dict:
+    "One of our tile dicts from a `triton.Config`."
+    k = c.kwargs
+    return dict(block_m=k["BLOCK_M"], block_n=k["BLOCK_N"], block_k=k["BLOCK_K"], num_warps=c.num_warps, num_stages=c.num_stages)
+
+@functools.cache
+def _tuned_kernels():
+    "Both kernels wrapped in `triton.autotune` over their candidates (the interpreter: its one config, never timed)."
+    interp = _interpreting()
+    fwd, tn = ([_INTERPRET_CONFIG], [_INTERPRET_CONFIG]) if interp else (GROUPED_MM_CONFIGS, GROUPED_MM_TN_CONFIGS)
+    if any(c["block_m"] != _block_m(None) for c in fwd):
+        raise ValueError("GROUPED_MM_CONFIGS: every candidate must have the schedule's block_m")
+    # Autotuning re-runs a kernel on the real arguments, once per candidate and timed rep. That is safe here: both
+    # kernels write every element of `out` (no accumulation into it), so no restore_value / reset_to_zero is needed.
+    even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+    gmm = triton.autotune([_triton_config(c) for c in fwd], key=["N", "K", "F32"])(even_k(_gmm_kernel_built()))
+    gmm_tn = triton.autotune([_triton_config(c) for c in tn], key=["K", "N", "F32"])(_gmm_tn_kernel_built())
+    return gmm, gmm_tn
+
+# %% ../nbs/05a_grouped_gemm.ipynb #gmm24c
+def picked_configs() -> dict[str, dict[tuple, dict]]:
+    "The tiles autotune picked so far: {'fwd/dA': {(N, K, dtype): tiles}, 'dB': {(K, N, dtype): tiles}}."
+    if _tuned_kernels.cache_info().currsize == 0: return {"fwd/dA": {}, "dB": {}}
+    gmm, gmm_tn = _tuned_kernels()
+    short = lambda key: (*key[:2], key[3].removeprefix("torch."))   # key: (N or K, K or N, F32, each tensor's dtype)
+    return {name: {short(k): _tile_dict(c) for k, c in kern.cache.items()} for name, kern in (("fwd/dA", gmm), ("dB", gmm_tn))}
 
 # %% ../nbs/05a_grouped_gemm.ipynb #gmm25
-def _launch_gmm(a, b, out, schedule, cfg):
-    "out[rows of g] = a[rows of g] @ b[g] over the tiles of `schedule`; `b` any strided (E, K, N) view."
+def _launch_gmm(a, b, out, schedule, cfg=None):
+    "out[rows of g] = a[rows of g] @ b[g] over the tiles of `schedule`; `b` any strided (E, K, N) view; cfg None: autotuned."
     group, row0, end, _ = schedule
     (M, K), N = a.shape, b.shape[2]
     if M == 0 or N == 0: return out
     if K == 0: return out.zero_()
     kernel = _gmm_kernel_built()                    # imports Triton on first use
-    grid = (triton.cdiv(N, cfg["block_n"]), group.numel())
-    kernel[grid](a, b, out, group, row0, end, N, K, b.shape[0], *a.stride(), *b.stride(), *out.stride(),
-                 BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
-                 F32=_dot_f32(a.dtype), EVEN_K=K % cfg["block_k"] == 0,
-                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (a, b, out, group, row0, end, N, K, b.shape[0], *a.stride(), *b.stride(), *out.stride())
+    if cfg is None:                                 # tiles per (N, K, dtype); the schedule was cut with _block_m(None)
+        _tuned_kernels()[0][lambda m: (triton.cdiv(N, m["BLOCK_N"]), group.numel())](*args, F32=_dot_f32(a.dtype))
+        return out
+    kernel[(triton.cdiv(N, cfg["block_n"]), group.numel())](
+        *args, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
+        F32=_dot_f32(a.dtype), EVEN_K=K % cfg["block_k"] == 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
-def _launch_gmm_tn(a, d, ends, out, cfg):
-    "out[g] = a[rows of g]^T @ d[rows of g] for every group (zeros for an empty one)."
+def _launch_gmm_tn(a, d, ends, out, cfg=None):
+    "out[g] = a[rows of g]^T @ d[rows of g] for every group (zeros for an empty one); cfg None: autotuned."
     (K, N), E = out.shape[1:], out.shape[0]
     if E == 0 or K == 0 or N == 0: return out
     kernel = _gmm_tn_kernel_built()
-    grid = (triton.cdiv(K, cfg["block_k"]) * triton.cdiv(N, cfg["block_n"]), E)
-    kernel[grid](a, d, out, ends, K, N, *a.stride(), *d.stride(), *out.stride(),
-                 BLOCK_M=cfg["block_m"], BLOCK_K=cfg["block_k"], BLOCK_N=cfg["block_n"],
-                 F32=_dot_f32(a.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (a, d, out, ends, K, N, *a.stride(), *d.stride(), *out.stride())
+    if cfg is None:                                 # tiles per (K, N, dtype)
+        grid = lambda m: (triton.cdiv(K, m["BLOCK_K"]) * triton.cdiv(N, m["BLOCK_N"]), E)
+        _tuned_kernels()[1][grid](*args, F32=_dot_f32(a.dtype))
+        return out
+    kernel[(triton.cdiv(K, cfg["block_k"]) * triton.cdiv(N, cfg["block_n"]), E)](
+        *args, BLOCK_M=cfg["block_m"], BLOCK_K=cfg["block_k"], BLOCK_N=cfg["block_n"],
+        F32=_dot_f32(a.dtype), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
 
 # %% ../nbs/05a_grouped_gemm.ipynb #gmm27
@@ -214,8 +265,8 @@ class GroupedMMFunction(torch.autograd.Function):
     "Triton grouped GEMM: `apply(a, b, offs)`; backward dA = grouped GEMM with b transposed, dB[g] = a_g^T @ dout_g."
     @staticmethod
     def forward(ctx, a, b, offs):
-        cfg, _ = _configs(a.device)
-        sched = tile_schedule(offs, a.shape[0], cfg["block_m"])
+        cfg, _ = _configs(a.device)                 # None on a GPU: tiles autotuned per shape
+        sched = tile_schedule(offs, a.shape[0], _block_m(cfg))
         out = torch.empty(a.shape[0], b.shape[2], device=a.device, dtype=a.dtype)   # (M, N)
         _launch_gmm(a, b, out, sched, cfg)
         ctx.save_for_backward(a, b, *sched)
