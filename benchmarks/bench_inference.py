@@ -101,8 +101,9 @@ def quantized_decode(ours: TransformerLM, ids: torch.Tensor, new: int, reps: int
     seq, rows = ids.shape[1] + new // 2, []
     emb = ours.token_embeddings.weight
     G = 128 if ours.config.d_model % 128 == 0 and ours.config.d_ff % 128 == 0 else 32  # --small: d_model 64
+    int4 = lambda m, **kw: quantize_int4(m, G, **kw)
     variants = [("int8", "triton", quantize_int8), ("int8", "dequant", quantize_int8),  # our GEMV kernel; inductor's reduction on int8
-                (f"int4 g{G}", "triton", lambda m, **kw: quantize_int4(m, G, **kw)), (f"int4 g{G}", "torch", lambda m, **kw: quantize_int4(m, G, **kw))]
+                (f"int4 g{G}", "triton", int4), (f"int4 g{G}", "torch", int4)]
     if ids.device.type != "cuda": variants = [v for v in variants if v[1] != "triton"]  # no Triton kernels without a GPU (or its interpreter)
     for name, backend, quantize in variants:
         q = quantize(copy.deepcopy(ours), lm_head=True, backend=backend).eval()
