@@ -187,9 +187,14 @@ GROUPED_MM_TN_CONFIGS = [GROUPED_MM_TN_CONFIG, _t(32, 128, 128, 4, 4), _t(64, 12
 "Candidate tiles of the weight-gradient kernel, autotuned per (K, N, dtype)."
 _INTERPRET_CONFIG = dict(block_m=16, block_n=16, block_k=16, num_warps=1, num_stages=1)
 
-def _configs(device: torch.device) -> tuple[dict | None, dict | None]:
-    "Explicit tiles of the two kernels for tensors on `device`: the interpreter's; None on a GPU (autotuned per shape)."
-    return (_INTERPRET_CONFIG, _INTERPRET_CONFIG) if device.type == "cpu" or _interpreting() else (None, None)
+_AUTOTUNE_MIN_MACS = 2**27
+"Below this many multiply-adds (M K N) a GPU problem takes the default tiles: it is launch-bound, and timing every candidate would cost seconds."
+
+def _configs(a: Tensor, n: int) -> tuple[dict | None, dict | None]:
+    "Explicit tiles of the two kernels for `a` (M, K) times (K, n): the interpreter's; a small GPU problem the defaults; else None (autotuned)."
+    if a.device.type == "cpu" or _interpreting(): return _INTERPRET_CONFIG, _INTERPRET_CONFIG
+    if a.shape[0] * a.shape[1] * n < _AUTOTUNE_MIN_MACS: return GROUPED_MM_CONFIG, GROUPED_MM_TN_CONFIG
+    return None, None
 
 def _block_m(cfg: dict | None) -> int:
     "The row tile of the forward schedule: the explicit config's, else the autotuned candidates' (all equal)."
@@ -265,7 +270,7 @@ class GroupedMMFunction(torch.autograd.Function):
     "Triton grouped GEMM: `apply(a, b, offs)`; backward dA = grouped GEMM with b transposed, dB[g] = a_g^T @ dout_g."
     @staticmethod
     def forward(ctx, a, b, offs):
-        cfg, _ = _configs(a.device)                 # None on a GPU: tiles autotuned per shape
+        cfg, _ = _configs(a, b.shape[2])           # None on a GPU (but for small problems): tiles autotuned per shape
         sched = tile_schedule(offs, a.shape[0], _block_m(cfg))
         out = torch.empty(a.shape[0], b.shape[2], device=a.device, dtype=a.dtype)   # (M, N)
         _launch_gmm(a, b, out, sched, cfg)
@@ -275,7 +280,7 @@ class GroupedMMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         a, b, *sched = ctx.saved_tensors
-        cfg, cfg_tn = _configs(a.device)
+        cfg, cfg_tn = _configs(a, b.shape[2])
         da = db = None
         if ctx.needs_input_grad[0]:   # (M, N) x (E, N, K) -> (M, K)
             da = _launch_gmm(dout, b.transpose(1, 2), torch.empty(a.shape, device=a.device, dtype=a.dtype), sched, cfg)
