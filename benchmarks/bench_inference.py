@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -216,10 +217,11 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="*", default=[1, 4, 16, 64, 256])
     p.add_argument("--small", action="store_true", help="tiny model on CPU, eager: a smoke run")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
+    p.add_argument("--from-json", type=str, default=None, help="format results saved earlier instead of measuring")
     p.add_argument("--write-results", action="store_true", help="write the tables into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
     if a.small: a.prompt, a.new, a.reps, a.batches = 8, 16, 1, [1, 4]
-    res = run_all(a.small, a.prompt, a.new, a.reps, tuple(a.batches))
+    res = json.loads(Path(a.from_json).read_text()) if a.from_json else run_all(a.small, a.prompt, a.new, a.reps, tuple(a.batches))
     report(res, to_markdown(res), json_path=a.json, write=write_results if a.write_results else None)
     return 0
 
