@@ -27,7 +27,7 @@ __all__ = ['ROPE_SCALING_KEYS', 'AttentionBackend', 'NormKind', 'FFNKind', 'Line
            'rope_scaled_frequencies', 'scaled_dot_product_attention', 'register_attention_backend',
            'available_attention_backends', 'get_attention_backend', 'set_attention_backend', 'use_attention_backend',
            'causal_mask', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig',
-           'TransformerLM', 'KVCache', 'one_query_attention', 'sample_logits', 'chunked_argmax']
+           'TransformerLM', 'KVCache', 'visible_slots', 'one_query_attention', 'sample_logits', 'chunked_argmax']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -699,15 +699,21 @@ def make_kv_cache(self: TransformerLM, batch_size: int, max_seq_len: int | None 
     shapes = [(layer.attn.num_kv_heads, layer.attn.d_head) for layer in self.layers]
     return KVCache.empty(shapes, batch_size, max_seq_len, dtype=dtype or p.dtype, device=device or p.device)
 
+# %% ../nbs/03_architectures.ipynb #kvc0002v
+def visible_slots(pos: Int[Tensor, "... t"], num_slots: int, window: int | None = None) -> Bool[Tensor, "... t s"]:
+    """Which cache slots each query may attend: slot j is visible at position p iff j <= p, and, with a sliding
+    `window`, j > p - window. E.g. `visible_slots(torch.tensor([[2]]), 4)` is `[[[True, True, True, False]]]`."""
+    slots = torch.arange(num_slots, device=pos.device)
+    visible = slots <= pos[..., None]
+    return visible & (slots > pos[..., None] - window) if window is not None else visible
+
 # %% ../nbs/03_architectures.ipynb #kvc0002c
 def one_query_attention(q: Float[Tensor, "b hkv g d"], k: Float[Tensor, "b hkv s d"], v: Float[Tensor, "b hkv s d"],
                         pos: Int[Tensor, "b 1"], window: int | None = None) -> Float[Tensor, "b hkv g d"]:
     "Attention of one query per row and query head (`g` heads share each K/V head) over slots 0..pos (the last `window` of them), in float32."
     S, D = k.shape[-2], q.shape[-1]
     scores = (q[..., None, :].float() * k[:, :, None].float()).sum(-1) / math.sqrt(D)  # (b, hkv, g, s)
-    slots = torch.arange(S, device=q.device)
-    visible = slots <= pos  # (b, s)
-    if window is not None: visible = visible & (slots > pos - window)
+    visible = visible_slots(pos, S, window)[:, 0]  # (b, s)
     probs = torch.softmax(scores.masked_fill(~visible[:, None, None], float("-inf")), dim=-1)
     return (probs[..., None] * v[:, :, None].float()).sum(-2)  # (b, hkv, g, d)
 
@@ -734,9 +740,7 @@ def _attend_cached(self: MultiHeadSelfAttention, q: Tensor, k: Tensor, v: Tensor
     if T == 1 and torch.compiler.is_compiling():  # a compiled decode step: attention as reductions inductor fuses (below)
         out = one_query_attention(q.reshape(B, self.num_kv_heads, g, -1), keys, values, pos, self.sliding_window)
         return out.reshape(B, self.num_heads, 1, -1).to(q.dtype)
-    slots = torch.arange(S, device=pos.device)
-    mask = slots <= pos[..., None]  # (B, T, S): slot j is visible at position p iff j <= p ...
-    if self.sliding_window is not None: mask &= slots > pos[..., None] - self.sliding_window  # ... and within the window
+    mask = visible_slots(pos, S, self.sliding_window)  # (B, T, S), the same for every head of a group:
     mask = mask[:, None, None].expand(B, 1, g, T, S).reshape(B, 1, g * T, S)
     out = _masked_attention(q.reshape(B, self.num_kv_heads, g * T, -1), keys, values, mask, self.attn_backend)
     return out.reshape(B, self.num_heads, T, -1)  # (B, H, T, D)
