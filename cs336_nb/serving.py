@@ -19,7 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from .kernels._triton import _bind_triton, _check_triton_inputs
-from .model import TransformerLM, sample_logits, scaled_dot_product_attention
+from .model import TransformerLM, sample_logits, scaled_dot_product_attention, visible_slots
 
 # %% auto #0
 __all__ = ['triton', 'tl', 'PagedKVCache', 'gathered_attention', 'paged_attention', 'paged_forward', 'paged_attention_triton',
@@ -60,13 +60,13 @@ class PagedKVCache:
 
 # %% ../nbs/08c_serving.ipynb #5b2780fd
 def gathered_attention(q: Float[Tensor, "b h t d"], k_pages: Tensor, v_pages: Tensor, table: Int[Tensor, "b n"],
-                       pos: Int[Tensor, "b t"]) -> Float[Tensor, "b h t d"]:
-    "Causal attention over each row's pages, copied into one (B, H, n*P, D) tensor first: simple, and a copy per step."
+                       pos: Int[Tensor, "b t"], window: int | None = None) -> Float[Tensor, "b h t d"]:
+    "Causal (sliding-`window`) attention over each row's pages, copied into one (B, H, n*P, D) tensor first: simple, and a copy per step."
     keys = rearrange(k_pages[table], "b n p h d -> b h (n p) d").to(q.dtype)  # (B, Hkv, S, D): each row's history, in order
     values = rearrange(v_pages[table], "b n p h d -> b h (n p) d").to(q.dtype)
     g = q.shape[1] // keys.shape[1]
     if g > 1: keys, values = keys.repeat_interleave(g, dim=1), values.repeat_interleave(g, dim=1)
-    mask = (torch.arange(keys.shape[2], device=q.device) <= pos[..., None])[:, None]  # (B, 1, T, S)
+    mask = visible_slots(pos, keys.shape[2], window)[:, None]  # (B, 1, T, S): the rule of the model's own cache
     if q.is_cuda: return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     return scaled_dot_product_attention(q, keys, values, mask)
 
@@ -86,7 +86,8 @@ def paged_attention(attn: nn.Module, x: Float[Tensor, "b t d"], pos: Int[Tensor,
     page = table.gather(1, pos // P)  # (B, T): physical page of each new token
     kp[page[valid], (pos % P)[valid]] = k.transpose(1, 2)[valid].to(kp.dtype)  # (n_valid, Hkv, D) into their slots
     vp[page[valid], (pos % P)[valid]] = v.transpose(1, 2)[valid].to(vp.dtype)
-    out = paged_attention_triton(q, kp, vp, table, pos) if impl == "triton" else gathered_attention(q, kp, vp, table, pos)
+    w = attn.sliding_window
+    out = paged_attention_triton(q, kp, vp, table, pos, window=w) if impl == "triton" else gathered_attention(q, kp, vp, table, pos, w)
     return attn.output_proj(rearrange(out, "b h t d -> b t (h d)"))
 
 # %% ../nbs/08c_serving.ipynb #85cd6e58
@@ -119,7 +120,7 @@ def _paged_attention_kernel():
     _bind_triton(globals())
 
     @triton.jit
-    def _paged_attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, pos_ptr, o_ptr, H, G, T, D, P, scale,
+    def _paged_attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, pos_ptr, o_ptr, H, G, T, D, P, scale, WINDOW,
                            sqb, sqh, sqt, skn, skp, skh, stb, spb, sob, soh, sot,
                            BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, USE_DOT: tl.constexpr):
         b, h = tl.program_id(0) // H, tl.program_id(0) % H
@@ -131,7 +132,8 @@ def _paged_attention_kernel():
         m = tl.full((BLOCK_T,), -1e30, tl.float32)
         l = tl.zeros((BLOCK_T,), tl.float32)
         acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
-        for s0 in range(0, tl.max(qpos, 0) + 1, BLOCK_S):                # keys 0 .. the last position needed
+        first = tl.maximum(tl.min(tl.where(tmask, qpos, 1 << 30), 0) - WINDOW + 1, 0)  # the first key any query sees
+        for s0 in range(first // BLOCK_S * BLOCK_S, tl.max(qpos, 0) + 1, BLOCK_S):
             js = s0 + tl.arange(0, BLOCK_S)                              # (BS,) logical key positions
             live = js <= tl.max(qpos, 0)                                  # (BS,) keys some query of this block needs
             page = tl.load(table_ptr + b * stb + js // P, mask=live, other=0).to(tl.int64)  # physical page, read in place
@@ -141,7 +143,8 @@ def _paged_attention_kernel():
             v = tl.load(v_ptr + off[:, None] + d[None, :], mask=kv_mask, other=0.0)
             if USE_DOT: s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale           # (BT, BS)
             else: s = tl.sum(q[:, None, :].to(tl.float32) * k[None, :, :].to(tl.float32), axis=2) * scale
-            s = tl.where(js[None, :] <= qpos[:, None], s, -1e30)         # causal: a key at or before the query
+            seen = (js[None, :] <= qpos[:, None]) & (js[None, :] > qpos[:, None] - WINDOW)  # causal, the WINDOW latest keys
+            s = tl.where(seen, s, -1e30)
             m_new = tl.maximum(m, tl.max(s, 1))
             p = tl.exp(s - m_new[:, None])
             alpha = tl.exp(m - m_new)
@@ -157,14 +160,16 @@ def _paged_attention_kernel():
 
 # %% ../nbs/08c_serving.ipynb #6f0b6191
 def paged_attention_triton(q: Float[Tensor, "b h t d"], k_pages: Float[Tensor, "n p hkv d"], v_pages: Float[Tensor, "n p hkv d"],
-                           table: Int[Tensor, "b m"], pos: Int[Tensor, "b t"], *, block_s: int = 64) -> Float[Tensor, "b h t d"]:
-    "Causal attention of new queries at `pos` over each row's pages, read where they lie in the pool (no gathered copy)."
+                           table: Int[Tensor, "b m"], pos: Int[Tensor, "b t"], *, window: int | None = None, block_s: int = 64) -> Float[Tensor, "b h t d"]:
+    "Causal (sliding-`window`) attention of new queries at `pos` over each row's pages, read where they lie in the pool (no gathered copy)."
     _check_triton_inputs("paged_attention_triton", q, k_pages, v_pages, table, pos)
     B, H, T, D = q.shape
     Hkv, P = k_pages.shape[2], k_pages.shape[1]
     if H % Hkv: raise ValueError(f"query heads ({H}) must be a multiple of the KV heads ({Hkv})")
     if k_pages.shape != v_pages.shape or k_pages.shape[3] != D:
         raise ValueError(f"k_pages {tuple(k_pages.shape)} and v_pages {tuple(v_pages.shape)} must both be (pages, page_size, {Hkv}, {D})")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be a positive int or None, got {window!r}")
     if int(pos.max()) >= table.shape[1] * P: raise ValueError(f"a position {int(pos.max())} lies past the row's {table.shape[1]} pages of {P}")
     kernel = _paged_attention_kernel()  # imports Triton and binds it here
     q, k_pages, v_pages = q.contiguous(), k_pages.contiguous(), v_pages.contiguous()
@@ -173,7 +178,7 @@ def paged_attention_triton(q: Float[Tensor, "b h t d"], k_pages: Float[Tensor, "
     block_t = min(triton.next_power_of_2(T), 32)
     block_d = max(triton.next_power_of_2(D), 16)
     kernel[(B * H, triton.cdiv(T, block_t))](
-        q, k_pages, v_pages, table, pos, out, H, H // Hkv, T, D, P, 1.0 / math.sqrt(D),
+        q, k_pages, v_pages, table, pos, out, H, H // Hkv, T, D, P, 1.0 / math.sqrt(D), window or 1 << 30,  # no window: one past any position
         q.stride(0), q.stride(1), q.stride(2), k_pages.stride(0), k_pages.stride(1), k_pages.stride(2),
         table.stride(0), pos.stride(0), out.stride(0), out.stride(1), out.stride(2),
         BLOCK_T=block_t, BLOCK_S=block_s, BLOCK_D=block_d, USE_DOT=block_t >= 16)
