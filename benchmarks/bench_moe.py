@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -99,8 +100,29 @@ def bench_gemm(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> 
     def run(f):
         def step(): torch.autograd.backward(f(), dout)
         return _time(step, reps, device)
-    return dict(triton=run(lambda: grouped_mm(a, b, offs)), torch=run(lambda: torch._grouped_mm(a, b, offs=offs)),
-                dense=run(lambda: a @ w), flops=3 * 2 * tokens * k * d_model * dff)
+    fns = dict(triton=lambda: grouped_mm(a, b, offs), torch=lambda: torch._grouped_mm(a, b, offs=offs), dense=lambda: a @ w)
+    out = {name: run(f) for name, f in fns.items()}
+    out["queued"] = {name: queued_seconds(lambda: torch.autograd.backward(fns[name](), dout), reps, device) for name in ("triton", "torch")}
+    return dict(out, flops=3 * 2 * tokens * k * d_model * dff)
+
+
+def queued_seconds(step, reps: int, device) -> dict:
+    """Per call of `step` run `reps` times back to back: `host`, the seconds Python takes to enqueue it (no sync inside), and
+    `device`, the seconds per call between two events around the whole run, where the GPU never waits for the host if the
+    host is faster. `benchmark` times each call between its own events instead, so its median includes host time the GPU
+    spends waiting; where `host` nears that median, the call is host-bound."""
+    step()                                               # warm (autotune, compile) outside the timing
+    if device.type != "cuda":
+        t0 = time.perf_counter()
+        for _ in range(reps): step()
+        return dict(host=(time.perf_counter() - t0) / reps, device=(time.perf_counter() - t0) / reps)
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(); t0 = time.perf_counter()
+    for _ in range(reps): step()
+    host = (time.perf_counter() - t0) / reps
+    end.record(); end.synchronize()
+    return dict(host=host, device=start.elapsed_time(end) / 1e3 / reps)
 
 
 def picked_tiles(d_model: int, d_ff: int, dtype) -> dict:
@@ -180,6 +202,15 @@ def to_markdown(res: dict) -> str:
         targets.append(f"- {s['name']}: our Triton grouped GEMM (fwd+bwd) is {G['torch'] / G['triton']:.2f}x "
                        f"torch._grouped_mm (target >= 0.8x: {ok(G['torch'] / G['triton'] >= 0.8)}), "
                        f"{G['flops'] / G['triton'] / ceil:.0%} of the dense matmul ceiling.")
+    q_lines = ["", "The same forward+backward per call, host against GPU: the median above times each call between its own events "
+               "(the GPU waits while Python enqueues); back to back, `reps` calls between two events, the GPU runs ahead "
+               "of the host. Where the host time nears the per-call median, the call is bound by its launches:", "",
+               "| shape | variant | per-call median ms | back-to-back ms | host ms to enqueue |", "|---|---|---|---|---|"]
+    if not all("queued" in s["gemm"] for s in res["shapes"]): q_lines = []   # saved by a run from before this table
+    for s in res["shapes"] if q_lines else []:
+        G = s["gemm"]
+        q_lines += [f"| {s['name']} | {label} | {G[n] * 1e3:.3f} | {G['queued'][n]['device'] * 1e3:.3f} | {G['queued'][n]['host'] * 1e3:.3f} |"
+                    for n, label in (("triton", "ours (Triton)"), ("torch", "torch._grouped_mm"))]
     note = ("\n\nThe MoE layer (router in float32, sort, gather, three grouped GEMMs, weighted scatter-add, shared experts, "
             "auxiliary-loss statistics) against a dense SwiGLU whose d_ff is the active width (k + shared) x d_ff, so both "
             "do the same matmul FLOPs per token; 'active TFLOP/s' counts those FLOPs (3x the forward's for forward+backward). "
@@ -189,7 +220,7 @@ def to_markdown(res: dict) -> str:
                    for s in res["shapes"] if s.get("tiles"))
     if tune: tune = ("\n\nTriton tiles `triton.autotune` picked in this run per problem shape (forward/dA as BMxBNxBK, "
                      "dB as BKxBNxBM, warps, stages), in the layer and the grouped GEMM timed here:" + tune)
-    return head + "\n".join(lines) + tune + note + "\n".join(g_lines) + "\n\n" + ("Targets:\n" + "\n".join(targets) + "\n" if not res["small"]
+    return head + "\n".join(lines) + tune + note + "\n".join(g_lines + q_lines) + "\n\n" + ("Targets:\n" + "\n".join(targets) + "\n" if not res["small"]
                                                                         else "(CPU smoke run: the targets apply on the GPU.)\n")
 
 
