@@ -23,7 +23,7 @@ from bench_inference import SECTION, llama_config, ours_decode  # noqa: E402
 from results import report, write_block  # noqa: E402
 from cs336_nb.core import describe_device  # noqa: E402
 from cs336_nb.inference import decode_bytes_per_step  # noqa: E402
-from cs336_nb.kernels import measure_copy_bandwidth  # noqa: E402
+from cs336_nb.kernels import graphed_seconds, measure_copy_bandwidth  # noqa: E402
 from cs336_nb.model import TransformerLM, set_attention_backend  # noqa: E402
 
 CLASSES = [  # (label, test on the kernel name), first match wins. Inductor names its kernels after the ops fused in them.
@@ -61,23 +61,6 @@ def profile_kernels(model, ids, steps: int = 30) -> dict:
     return per_step(by), per_step(names)
 
 
-def graphed_us(fn, calls: int = 20, reps: int = 20) -> float:
-    "Microseconds per call of `fn`, `calls` of them captured in one CUDA graph (launch cost excluded), median of `reps` replays."
-    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3): fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls): fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); g.replay(); b.record(); torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / calls)
-    return sorted(times)[len(times) // 2]
-
-
 def matmul_shapes(model) -> dict:
     "The model's weight matrices by (out, in) shape, with how many of each a decode step reads."
     counts = defaultdict(int)
@@ -95,7 +78,7 @@ def time_matmuls(model, dtype) -> list[dict]:
     for (n, k), count in sorted(matmul_shapes(model).items(), key=lambda kv: -kv[0][0] * kv[0][1]):
         w = torch.randn(n, k, device="cuda", dtype=dtype)
         x = torch.randn(1, k, device="cuda", dtype=dtype)
-        us, ind = graphed_us(lambda: x @ w.T), graphed_us(lambda: compiled(x, w))
+        us, ind = (graphed_seconds(f) * 1e6 for f in (lambda: x @ w.T, lambda: compiled(x, w)))
         nbytes = n * k * w.element_size()
         rows.append(dict(shape=f"{n} x {k}", per_step=count, us=us, tb_per_s=nbytes / us / 1e6, inductor_us=ind,
                          inductor_tb_per_s=nbytes / ind / 1e6, us_per_step=min(us, ind) * count))

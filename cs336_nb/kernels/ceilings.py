@@ -16,7 +16,8 @@ from torch import Tensor
 from ._triton import _import_triton, triton_available
 
 # %% auto #0
-__all__ = ['time_fn', 'measure_copy_bandwidth', 'measure_matmul_flops', 'roofline', 'plot_roofline', 'matmul_tile_efficiency']
+__all__ = ['time_fn', 'measure_copy_bandwidth', 'measure_matmul_flops', 'graphed_seconds', 'roofline', 'plot_roofline',
+           'matmul_tile_efficiency']
 
 # %% ../../nbs/06f_ceilings.ipynb #b41f1a71
 def time_fn(fn: Callable[[], object], device: str | torch.device | None = None, *, warmup_ms: float = 25,
@@ -44,6 +45,20 @@ def measure_matmul_flops(n: int = 8192, dtype: torch.dtype = torch.bfloat16,
     dev = get_device(device)
     a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
     return 2 * n**3 / time_fn(lambda: a @ b, dev)
+
+# %% ../../nbs/06f_ceilings.ipynb #grph0001
+def graphed_seconds(fn: Callable[[], object], calls: int = 20, reps: int = 20) -> float:
+    "GPU seconds of one `fn()` from replays of a CUDA graph of `calls` calls (no launch overhead); `core.benchmark` off CUDA."
+    from cs336_nb.core import benchmark
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1: raise ValueError(f"calls must be an int >= 1, got {calls!r}")
+    if not torch.cuda.is_available(): return benchmark(fn, warmup=2, reps=reps).median
+    side = torch.cuda.Stream(); side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side): fn(); fn()  # warm up off the capture: Triton compiles, lazy repacks happen
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls): fn()
+    return benchmark(g.replay, warmup=2, reps=reps).median / calls
 
 # %% ../../nbs/06f_ceilings.ipynb #a7531116
 def roofline(intensity: float | Tensor, peak_flops: float, bandwidth: float):
