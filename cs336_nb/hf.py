@@ -26,7 +26,7 @@ __all__ = ['SUPPORTED_ARCHITECTURES', 'hf_architecture', 'config_from_hf', 'rope
 # %% ../nbs/08a_hf_checkpoints.ipynb #64cc3423
 SUPPORTED_ARCHITECTURES: dict[str, str] = {  # Hugging Face class -> model_type
     "LlamaForCausalLM": "llama",  # Llama 2/3, SmolLM2, TinyLlama
-    "MistralForCausalLM": "mistral",  # the Llama layout; its sliding window caps the context we accept
+    "MistralForCausalLM": "mistral",  # the Llama layout, every layer with its sliding window (if set)
     "Qwen3ForCausalLM": "qwen3",  # QK-norm, head_dim set explicitly
     "MixtralForCausalLM": "mixtral",  # MoE FFN: softmax over experts, top-k, renormalised
     "Qwen3MoeForCausalLM": "qwen3_moe",  # QK-norm + MoE, norm_topk_prob
@@ -86,8 +86,10 @@ def config_from_hf(hf: Mapping[str, Any], *, context_length: int | None = None) 
     d, h = hf["hidden_size"], hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or d // h
     ctx = hf["max_position_embeddings"]
-    window = hf.get("sliding_window") if kind in ("mistral", "mixtral") or hf.get("use_sliding_window") else None
-    if window: ctx = min(ctx, window)  # full causal attention equals sliding-window attention up to the window
+    window = hf.get("sliding_window") if kind in ("mistral", "mixtral") else None  # every layer slides
+    if window and window >= ctx: window = None  # a window as long as the context changes nothing
+    if kind.startswith("qwen3") and hf.get("use_sliding_window") and hf.get("sliding_window"):
+        ctx = min(ctx, hf["sliding_window"])  # only some layers slide: exact up to the window, where all layers agree
     if context_length is not None:
         if not isinstance(context_length, int) or not 0 < context_length <= ctx:
             raise ValueError(f"context_length must be an int in [1, {ctx}] for this checkpoint, got {context_length!r}")
@@ -96,7 +98,7 @@ def config_from_hf(hf: Mapping[str, Any], *, context_length: int | None = None) 
                d_ff=hf["intermediate_size"], rope_theta=_rope_theta(hf), num_kv_heads=None if hf.get("num_key_value_heads", h) == h else hf["num_key_value_heads"],
                tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qk_norm=kind.startswith("qwen3"),
                head_dim=None if head_dim * h == d else head_dim, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-               rope_scaling=_rope_scaling(hf))
+               rope_scaling=_rope_scaling(hf), sliding_window=window)
     if kind in ("mixtral", "qwen3_moe"): cfg.update(_moe_config_from_hf(hf, kind))
     return ModelConfig(**cfg)
 
@@ -199,6 +201,7 @@ def _default_architecture(cfg: ModelConfig) -> str:
     "The Hugging Face class that holds `cfg`: QK-norm picks Qwen3, MoE layers pick the MoE variant."
     moe = getattr(cfg, "moe", None) is not None
     if cfg.qk_norm: return "Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM"
+    if cfg.sliding_window is not None: return "MixtralForCausalLM" if moe else "MistralForCausalLM"
     return "MixtralForCausalLM" if moe else "LlamaForCausalLM"
 
 
@@ -222,6 +225,11 @@ def config_to_hf(cfg: ModelConfig, architecture: str | None = None) -> dict[str,
     if scaling is not None:  # Llama 3.1: the five numbers, in both the old and the transformers-5 place
         hf.update(rope_scaling=dict(scaling), rope_parameters=dict(scaling, rope_theta=cfg.rope_theta))
     if kind in ("mixtral", "qwen3_moe"): hf.update(_moe_config_to_hf(cfg, kind))
+    if cfg.sliding_window is not None:
+        if kind not in ("mistral", "mixtral") or cfg.global_every is not None:
+            raise ValueError(f"{arch} cannot hold this model's sliding windows (sliding_window={cfg.sliding_window}, "
+                             f"global_every={cfg.global_every}): Mistral and Mixtral slide in every layer")
+        hf["sliding_window"] = cfg.sliding_window
     return hf
 
 # %% ../nbs/08a_hf_checkpoints.ipynb #6880dcec

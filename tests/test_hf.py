@@ -16,6 +16,7 @@ KINDS = {  # name -> (config class, extra fields)
     "llama": ("LlamaConfig", dict()),
     "llama_mqa_tied": ("LlamaConfig", dict(num_key_value_heads=1, tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=500.0)),
     "mistral": ("MistralConfig", dict(sliding_window=48)),
+    "mistral_window4": ("MistralConfig", dict(sliding_window=4)),  # shorter than every sequence tested: the window acts
     "llama31_scaled_rope": ("LlamaConfig", dict(rope_parameters=dict(rope_type="llama3", rope_theta=1e4, factor=8.0, low_freq_factor=1.0,
                                                                     high_freq_factor=4.0, original_max_position_embeddings=16))),
     "qwen3": ("Qwen3Config", dict(head_dim=16, tie_word_embeddings=True)),
@@ -143,9 +144,16 @@ def test_head_dim_explicit_counts_and_runs():
     assert m(torch.zeros(1, 5, dtype=torch.long)).shape == (1, 5, cfg.vocab_size)
 
 
-def test_sliding_window_caps_context_and_override():
-    ours = from_hf(_hf("mistral"))
-    assert ours.context_length == 48
+def test_sliding_window_kept_with_the_whole_context_and_override():
+    ours = from_hf(_hf("mistral_window4"))
+    assert ours.context_length == 64
+    assert [layer.attn.sliding_window for layer in ours.layers] == [4, 4]
+    assert config_from_hf(config_to_hf(ours.config)).sliding_window == 4
+    assert config_to_hf(ours.config)["architectures"] == ["MistralForCausalLM"]
+    assert config_from_hf(_hf("mistral", sliding_window=64).config.to_dict()).sliding_window is None  # as long as the context
+    qwen = _hf("qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=1).config.to_dict()
+    assert config_from_hf(qwen).context_length == 8  # Qwen3 slides from layer max_window_layers on: capped instead
+    with pytest.raises(ValueError, match="cannot hold this model's sliding windows"): config_to_hf(ours.config, "LlamaForCausalLM")
     assert from_hf(_hf("llama"), context_length=16).context_length == 16
     with pytest.raises(ValueError, match="context_length must be an int in \\[1, 64\\]"): from_hf(_hf("llama"), context_length=65)
 
