@@ -27,7 +27,8 @@ __all__ = ['ROPE_SCALING_KEYS', 'AttentionBackend', 'NormKind', 'FFNKind', 'Line
            'rope_scaled_frequencies', 'scaled_dot_product_attention', 'register_attention_backend',
            'available_attention_backends', 'get_attention_backend', 'set_attention_backend', 'use_attention_backend',
            'causal_mask', 'MultiHeadSelfAttention', 'TransformerBlock', 'z_loss', 'MoEConfig', 'ModelConfig',
-           'TransformerLM', 'KVCache', 'visible_slots', 'one_query_attention', 'sample_logits', 'chunked_argmax']
+           'TransformerLM', 'KVCache', 'visible_slots', 'one_query_attention', 'sample_logits', 'chunked_argmax',
+           'static_cache_slots']
 
 # %% ../nbs/03_architectures.ipynb #795edfed
 def _check_pos_int(name: str, value) -> int:
@@ -821,6 +822,13 @@ def chunked_argmax(x: Float[Tensor, "... n"], chunks: int = 64) -> Int[Tensor, "
     best = vals.argmax(-1, keepdim=True)  # the first chunk holding the overall max
     return (best * (n // chunks) + idx.gather(-1, best)).squeeze(-1)
 
+# %% ../nbs/03_architectures.ipynb #kvc0007f
+def static_cache_slots(needed: int, context_length: int, smallest: int = 256) -> int:
+    "Slots of a compiled decode's KV cache for `needed` tokens: `smallest` times a power of 4 that holds them, at most the context."
+    slots = smallest
+    while slots < needed: slots *= 4
+    return min(slots, context_length)
+
 # %% ../nbs/03_architectures.ipynb #kvc00008
 import weakref
 _COMPILED_STEPS: "weakref.WeakKeyDictionary[TransformerLM, dict]" = weakref.WeakKeyDictionary()  # model -> compiled steps, cache
@@ -849,9 +857,11 @@ def _step_and_cache(self: TransformerLM, batch_size: int, max_seq_len: int, comp
     entry, kind = _COMPILED_STEPS.setdefault(self, {}), "greedy" if greedy else "logits"
     p = next(self.parameters())
     if kind not in entry: entry[kind] = torch.compile(fn, options=_DECODE_COMPILE_OPTIONS if p.is_cuda else None, fullgraph=True)
-    cache = entry.get("cache")
-    if cache is None or cache.batch_size != batch_size or cache.k[0].dtype != p.dtype or cache.k[0].device != p.device:
-        cache = entry["cache"] = self.make_kv_cache(batch_size, self.context_length)  # static: context_length slots, every call
+    cache, slots = entry.get("cache"), static_cache_slots(max_seq_len, self.context_length)
+    if (cache is None or cache.batch_size != batch_size or cache.max_seq_len != slots or cache.k[0].dtype != p.dtype
+            or cache.k[0].device != p.device):
+        entry["cache"] = None  # the old cache's memory is free before the new one is allocated
+        cache = entry["cache"] = self.make_kv_cache(batch_size, slots)  # static shapes: the step reads all of its slots
     return entry[kind], cache.reset()
 
 

@@ -259,3 +259,13 @@ def test_generate_cli(tmp_path):
         assert generate_cli(["--checkpoint", str(tmp_path / "missing.pt"), "--prompt", "x"]) == 2
         assert generate_cli(["--checkpoint", str(run), "--prompt", "x" * 80, "--device", "cpu"]) == 2
     assert "does not exist" in err.getvalue() and "no room left" in err.getvalue()
+
+
+def test_compiled_decode_cache_is_sized_to_the_generation():
+    from cs336_nb.model import _COMPILED_STEPS, static_cache_slots
+    torch.manual_seed(0)
+    m = TransformerLM.from_config(ModelConfig.tiny(num_layers=1, num_kv_heads=2, context_length=4096)).eval()
+    for new in (5, 300):  # 3 + 5 tokens: 256 slots; 3 + 300: 1024, not the 4096 of the context
+        ref = m.generate([[1, 2, 3]], new, temperature=0)
+        assert torch.equal(m.generate([[1, 2, 3]], new, temperature=0, compile=True), ref)
+        assert _COMPILED_STEPS[m]["cache"].max_seq_len == static_cache_slots(3 + new, 4096) == (256 if new == 5 else 1024)
