@@ -265,7 +265,9 @@ def test_compiled_decode_cache_is_sized_to_the_generation():
     from cs336_nb.model import _COMPILED_STEPS, static_cache_slots
     torch.manual_seed(0)
     m = TransformerLM.from_config(ModelConfig.tiny(num_layers=1, num_kv_heads=2, context_length=4096)).eval()
-    for new in (5, 300):  # 3 + 5 tokens: 256 slots; 3 + 300: 1024, not the 4096 of the context
-        ref = m.generate([[1, 2, 3]], new, temperature=0)
-        assert torch.equal(m.generate([[1, 2, 3]], new, temperature=0, compile=True), ref)
-        assert _COMPILED_STEPS[m]["cache"].max_seq_len == static_cache_slots(3 + new, 4096) == (256 if new == 5 else 1024)
+    ref = m.generate([[1, 2, 3]], 5, temperature=0)
+    assert torch.equal(m.generate([[1, 2, 3]], 5, temperature=0, compile=True), ref)  # over 256 slots, not the 4096 of the context
+    assert _COMPILED_STEPS[m]["cache"].max_seq_len == static_cache_slots(8, 4096) == 256
+    _, cache = m._step_and_cache(1, 303, compile=True, greedy=True)  # a longer generation: a new, larger cache
+    assert cache.max_seq_len == 1024 and _COMPILED_STEPS[m]["cache"] is cache
+    assert m._step_and_cache(1, 300, compile=True, greedy=True)[1] is cache  # the same size: reused
