@@ -264,10 +264,15 @@ def test_generate_cli(tmp_path):
 def test_compiled_decode_cache_is_sized_to_the_generation():
     from cs336_nb.model import _COMPILED_STEPS, static_cache_slots
     torch.manual_seed(0)
-    m = TransformerLM.from_config(ModelConfig.tiny(num_layers=1, num_kv_heads=2, context_length=4096)).eval()
-    ref = m.generate([[1, 2, 3]], 5, temperature=0)
+    m = TransformerLM.from_config(ModelConfig.tiny(num_layers=1, num_kv_heads=2, context_length=4096, sliding_window=4)).eval()
+    ref = m.generate([[1, 2, 3]], 5, temperature=0)  # 8 tokens: the window of 4 acts, in one_query_attention when compiled
     assert torch.equal(m.generate([[1, 2, 3]], 5, temperature=0, compile=True), ref)  # over 256 slots, not the 4096 of the context
     assert _COMPILED_STEPS[m]["cache"].max_seq_len == static_cache_slots(8, 4096) == 256
     _, cache = m._step_and_cache(1, 303, compile=True, greedy=True)  # a longer generation: a new, larger cache
     assert cache.max_seq_len == 1024 and _COMPILED_STEPS[m]["cache"] is cache
     assert m._step_and_cache(1, 300, compile=True, greedy=True)[1] is cache  # the same size: reused
+    step, cache = m._step_and_cache(1, 16, compile=True)  # the compiled logits step, against a full forward
+    ids = torch.tensor([[5, 1, 7, 2, 9, 3]])
+    with torch.no_grad():
+        m._forward_cached(ids, None, cache)
+        torch.testing.assert_close(step(torch.tensor([[4]]), cache), m(torch.cat([ids, torch.tensor([[4]])], 1))[:, -1], atol=1e-5, rtol=0)
