@@ -115,7 +115,8 @@ def queued_seconds(step, reps: int, device) -> dict:
     if device.type != "cuda":
         t0 = time.perf_counter()
         for _ in range(reps): step()
-        return dict(host=(time.perf_counter() - t0) / reps, device=(time.perf_counter() - t0) / reps)
+        t = (time.perf_counter() - t0) / reps   # on the CPU the work is done by the time Python returns
+        return dict(host=t, device=t)
     torch.cuda.synchronize(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record(); t0 = time.perf_counter()
@@ -206,8 +207,9 @@ def to_markdown(res: dict) -> str:
                "(the GPU waits while Python enqueues); back to back, `reps` calls between two events, the GPU runs ahead "
                "of the host. Where the host time nears the per-call median, the call is bound by its launches:", "",
                "| shape | variant | per-call median ms | back-to-back ms | host ms to enqueue |", "|---|---|---|---|---|"]
-    if not all("queued" in s["gemm"] for s in res["shapes"]): q_lines = []   # saved by a run from before this table
-    for s in res["shapes"] if q_lines else []:
+    queued = [s for s in res["shapes"] if "queued" in s["gemm"]]   # none in a JSON saved before this table
+    if not queued: q_lines = []
+    for s in queued:
         G = s["gemm"]
         q_lines += [f"| {s['name']} | {label} | {G[n] * 1e3:.3f} | {G['queued'][n]['device'] * 1e3:.3f} | {G['queued'][n]['host'] * 1e3:.3f} |"
                     for n, label in (("triton", "ours (Triton)"), ("torch", "torch._grouped_mm"))]
