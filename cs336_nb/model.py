@@ -860,7 +860,7 @@ def _step_and_cache(self: TransformerLM, batch_size: int, max_seq_len: int, comp
     cache, slots = entry.get("cache"), static_cache_slots(max_seq_len, self.context_length)
     if (cache is None or cache.batch_size != batch_size or cache.max_seq_len != slots or cache.k[0].dtype != p.dtype
             or cache.k[0].device != p.device):
-        entry["cache"] = None  # the old cache's memory is free before the new one is allocated
+        entry["cache"] = cache = None  # the old cache's memory is free before the new one is allocated
         cache = entry["cache"] = self.make_kv_cache(batch_size, slots)  # static shapes: the step reads all of its slots
     return entry[kind], cache.reset()
 
