@@ -198,11 +198,11 @@ _CONFIG_CLASSES = {"LlamaForCausalLM": "LlamaConfig", "MistralForCausalLM": "Mis
 
 
 def _default_architecture(cfg: ModelConfig) -> str:
-    "The Hugging Face class that holds `cfg`: QK-norm picks Qwen3, MoE layers pick the MoE variant."
+    "The Hugging Face class that holds `cfg`: QK-norm picks Qwen3, MoE layers the MoE variant, a sliding window Mistral."
     moe = getattr(cfg, "moe", None) is not None
     if cfg.qk_norm: return "Qwen3MoeForCausalLM" if moe else "Qwen3ForCausalLM"
-    if cfg.sliding_window is not None: return "MixtralForCausalLM" if moe else "MistralForCausalLM"
-    return "MixtralForCausalLM" if moe else "LlamaForCausalLM"
+    if moe: return "MixtralForCausalLM"
+    return "MistralForCausalLM" if cfg.sliding_window is not None else "LlamaForCausalLM"
 
 
 def config_to_hf(cfg: ModelConfig, architecture: str | None = None) -> dict[str, Any]:
