@@ -74,7 +74,7 @@ def dequantize_int4(packed: Int[Tensor, "n k_half"], scales: Float[Tensor, "n g"
 # %% ../nbs/08b_quantization.ipynb #d4d3ee4b
 QuantBackend = str  # "auto", "dequant", "triton" or "torch"
 _BACKENDS = ("auto", "dequant", "triton", "torch")
-AUTO_COMPILED = {"int8": "triton", "int4": "triton"}  # what "auto" takes on CUDA for few rows while torch.compile traces
+AUTO_COMPILED = {"int8": "dequant", "int4": "torch"}  # what "auto" takes on CUDA for few rows while torch.compile traces
 
 
 def _pick_backend(backend: str, x: Tensor, kind: str = "int8") -> str:
@@ -144,6 +144,8 @@ class Int4Linear(nn.Module):
         if x.shape[-1] != self.in_features: raise ValueError(f"x: last dim must be in_features={self.in_features}, got shape {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
         path = _pick_backend(self.backend, x2, "int4")
+        if self.backend == "auto" and path == "triton" and AUTO_COMPILED["int4"] == "torch":
+            _torch_int4_pack(self, x2)  # eager decode: repack now, so the compiled graph that takes "torch" finds it ready
         if path == "triton":  # the custom operator while compiling, as in Int8Linear
             y = (_int4_mm_op if torch.compiler.is_compiling() else int4_weight_matmul)(x2, self.weight_packed, self.scales, self.zeros, self.group_size)
         elif path == "torch": y = _torch_int4_mm(self, x2)
@@ -152,6 +154,26 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4, group_size={self.group_size}, backend={self.backend!r}"
+
+# %% ../nbs/08b_quantization.ipynb #8bc591a4
+def _torch_int4_pack(layer: Int4Linear, x: Tensor) -> tuple[Tensor, Tensor]:
+    "The layer's codes in PyTorch's tiled int4 layout and its (K/G, N, 2) scales-and-zeros, built once per device and dtype of `x`."
+    if layer._torch_pack is None or layer._torch_pack[0] != (x.device, x.dtype):
+        codes = unpack_int4(layer.weight_packed).to(torch.int32)  # (N, K) in [0, 15]
+        sz = torch.stack([layer.scales, layer.zeros + 8 * layer.scales], dim=-1).transpose(0, 1).contiguous().to(x.dtype)  # (K/G, N, 2)
+        if x.is_cuda:
+            u8 = ((codes[:, 0::2] << 4) | codes[:, 1::2]).to(torch.uint8)  # the CUDA op wants even codes in the high nibble
+            w = torch._convert_weight_to_int4pack(u8.contiguous(), 8)
+        else: w = torch._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 8)
+        layer._torch_pack = ((x.device, x.dtype), w, sz)
+    return layer._torch_pack[1:]
+
+
+def _torch_int4_mm(layer: Int4Linear, x: Tensor) -> Tensor:
+    "x @ W.T through PyTorch's own int4 weight-only kernel."
+    w, sz = _torch_int4_pack(layer, x)
+    op = torch._weight_int4pack_mm if x.is_cuda else torch._weight_int4pack_mm_for_cpu
+    return op(x.contiguous(), w, layer.group_size, sz)
 
 # %% ../nbs/08b_quantization.ipynb #b3c66152
 def _replace_linears(model: nn.Module, make, lm_head: bool | None) -> nn.Module:
@@ -428,19 +450,3 @@ def _int4_mm_op(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group_
 
 @_int4_mm_op.register_fake
 def _(x, packed, scales, zeros, group_size): return x.new_empty(x.shape[0], packed.shape[0])
-
-# %% ../nbs/08b_quantization.ipynb #8bc591a4
-def _torch_int4_mm(layer: Int4Linear, x: Tensor) -> Tensor:
-    "x @ W.T through PyTorch's own int4 weight-only kernel (repacking the layer's codes once into its layout)."
-    G = layer.group_size
-    if layer._torch_pack is None or layer._torch_pack[0] != (x.device, x.dtype):
-        codes = unpack_int4(layer.weight_packed).to(torch.int32)  # (N, K) in [0, 15]
-        sz = torch.stack([layer.scales, layer.zeros + 8 * layer.scales], dim=-1).transpose(0, 1).contiguous().to(x.dtype)  # (K/G, N, 2)
-        if x.is_cuda:
-            u8 = ((codes[:, 0::2] << 4) | codes[:, 1::2]).to(torch.uint8)  # the CUDA op wants even codes in the high nibble
-            w = torch._convert_weight_to_int4pack(u8.contiguous(), 8)
-        else: w = torch._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 8)
-        layer._torch_pack = ((x.device, x.dtype), w, sz)
-    _, w, sz = layer._torch_pack
-    op = torch._weight_int4pack_mm if x.is_cuda else torch._weight_int4pack_mm_for_cpu
-    return op(x.contiguous(), w, G, sz)
