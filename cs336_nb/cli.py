@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -120,8 +121,9 @@ def default_flags(gpu: bool | None = None, slow: bool = True) -> list[str]:
     return flags
 
 def execute_notebook(path: str | Path, flags: list[str] = (), *, dest: str | Path | None = None, save: bool = True,
-                     timeout: int | None = None, scrub: bool = False) -> float:
-    "Run notebook `path` in its folder (cells flagged off are skipped); save to `dest` (default: in place; `scrub`: no progress bars or machine paths); returns seconds."
+                     timeout: int | None = None, scrub: bool = False, log: Callable[[str], object] | None = None) -> float:
+    """Run notebook `path` in its folder (cells flagged off are skipped); save to `dest` (default: in place; `scrub`: no
+    progress bars or machine paths); `log` gets one line per executed cell with its seconds; returns seconds."""
     from execnb.shell import CaptureShell
     from fastcore.nbio import write_nb
     from nbdev.process import NBProcessor
@@ -135,7 +137,13 @@ def execute_notebook(path: str | Path, flags: list[str] = (), *, dest: str | Pat
     shell = CaptureShell(path)
     t0, cwd = time.perf_counter(), os.getcwd()
     os.chdir(path.parent)
-    try: shell.run_all(nb, exc_stop=False, preproc=lambda c: bool(skip(c)) or bool(shell.exc), cell_timeout=timeout)
+    index, last = {id(c): i for i, c in enumerate(nb.cells)}, [t0]
+    def timed(cell):
+        now = time.perf_counter()
+        if log is not None: log(f"{now - last[0]:8.1f} s  (at {now - t0:7.1f} s)  cell {index[id(cell)]} {cell.get('id', '')}")
+        last[0] = now
+    try: shell.run_all(nb, exc_stop=False, preproc=lambda c: bool(skip(c)) or bool(shell.exc), postproc=timed,
+                       cell_timeout=timeout)
     finally: os.chdir(cwd)
     if shell.exc is not None: raise RuntimeError(f"{path.name} failed:\n{shell.prettytb(fname=path)}")
     if save:
@@ -466,7 +474,9 @@ def _record(args) -> int:
     return rc
 
 def _execute(args) -> int:
-    try: secs = execute_notebook(args.notebook, args.flags or [], dest=args.dest, timeout=args.timeout, scrub=args.scrub)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.times else None
+    try: secs = execute_notebook(args.notebook, args.flags or [], dest=args.dest, timeout=args.timeout, scrub=args.scrub,
+                                 log=log)
     except RuntimeError as e:
         print(e, file=sys.stderr); return 1
     print(f"executed {Path(args.notebook).name} in {secs:.1f} s")
@@ -529,6 +539,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("notebook"); e.add_argument("--flags", nargs="*", default=[]); e.add_argument("--timeout", type=int, default=None)
     e.add_argument("--dest", default=None, help="write the executed notebook here (default: in place)")
     e.add_argument("--scrub", action="store_true", help="drop progress bars and machine paths from the outputs")
+    e.add_argument("--times", action="store_true", help="print each cell's seconds to stderr as it finishes (find the slow ones)")
     _quarto_args(sub.add_parser("site", help="render the site only, from the committed notebooks"))
     d = sub.add_parser("data", help="list the corpora and where they were looked for; --download NAME fetches one")
     d.add_argument("--download", action="append", metavar="NAME")
