@@ -66,15 +66,20 @@ class _Unit:
         if not async_op: self.wait()
 
 # %% ../../nbs/07b_fsdp.ipynb #de3ea1b1
+def _free_storage(*tensors: Tensor) -> None:
+    "Release the memory of `tensors` now, whoever still holds a reference (their views become empty)."
+    for t in tensors: t.untyped_storage().resize_(0)
+
 @patch
 def wait(self: _Unit) -> Tensor:
     "Finish an in-flight gather: rank-major `(world, shard)` blocks become contiguous full parameters."
     if self.work is not None:
         self.work.wait(); self.work = None
-        out, _, buf = self._staged; self._staged = None
+        out, local, buf = self._staged; self._staged = None
         ws = self.fsdp.world_size
         dst = [buf[o:o + pad].view(ws, s) for o, pad, s in zip(self.offsets, self.padded, self.shard_sizes)]
         torch.split_with_sizes_copy(out.view(ws, -1), self.shard_sizes, dim=1, out=dst)
+        _free_storage(out, local)   # the finished work object may still reference them
         self.buffer = buf
     if self.buffer is None: self.gather()
     return self.buffer
@@ -121,6 +126,7 @@ def finish(self: _Unit) -> None:
         if not h: continue
         g = g.to(shard.dtype)
         shard.grad = g.clone() if shard.grad is None else shard.grad + g
+    if work is not None: _free_storage(out, self.pending[3])   # the reduce-scatter's output and input
     self.pending = None
 
 # %% ../../nbs/07b_fsdp.ipynb #017838ab
