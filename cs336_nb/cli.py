@@ -137,10 +137,10 @@ def execute_notebook(path: str | Path, flags: list[str] = (), *, dest: str | Pat
     shell = CaptureShell(path)
     t0, cwd = time.perf_counter(), os.getcwd()
     os.chdir(path.parent)
-    index, last = {id(c): i for i, c in enumerate(nb.cells)}, [t0]
+    last = [t0]
     def timed(cell):
         now = time.perf_counter()
-        if log is not None: log(f"{now - last[0]:8.1f} s  (at {now - t0:7.1f} s)  cell {index[id(cell)]} {cell.get('id', '')}")
+        if log is not None: log(f"{now - last[0]:8.1f} s  (at {now - t0:7.1f} s)  cell {cell.idx_} {cell.get('id', '')}")
         last[0] = now
     try: shell.run_all(nb, exc_stop=False, preproc=lambda c: bool(skip(c)) or bool(shell.exc), postproc=timed,
                        cell_timeout=timeout)
