@@ -46,6 +46,7 @@ def test_title_cell_is_title_and_summary_only(nb: Path):
     assert cells, f"{nb.name} has no markdown cell"
     lines = [l for l in "".join(cells[0]["source"]).strip().splitlines() if l.strip()]
     assert lines[0].startswith("# "), f"{nb.name}: the first markdown cell must start with '# Title'"
+    assert not lines[0].startswith("# #"), f"{nb.name}: the title repeats its '#': {lines[0]!r}"
     assert len(lines) <= 2 and all(l.startswith(">") for l in lines[1:]), \
         f"{nb.name}: the title cell holds more than '# Title' and one '> summary' line; nbdev drops the rest: {lines[1:4]}"
 
