@@ -6,19 +6,20 @@ Docs: https://cs336-nb.github.io/cs336-nb/kernels.html.md"""
 
 # %% auto #0
 __all__ = ['time_fn', 'measure_copy_bandwidth', 'measure_matmul_flops', 'graphed_seconds', 'roofline', 'plot_roofline',
-           'matmul_tile_efficiency', 'TritonUnavailable', 'interpret_triton_without_gpu', 'triton_available',
-           'triton_interpreting', 'GELU_CUDA_SOURCE', 'gelu_cuda', 'gelu_eager', 'gelu_torch', 'gelu_triton',
-           'softmax_eager', 'softmax_memory_traffic', 'softmax_triton', 'RMSNORM_BWD_CONFIG', 'RMSNORM_MAX_DIM',
-           'RMSNormTritonFunction', 'TritonRMSNorm', 'rmsnorm_eager', 'rmsnorm_triton', 'FLASH_CONFIGS',
-           'FlashAttention2PyTorch', 'FlashAttention2Triton', 'attention_reference', 'flash_attention_triton',
-           'flash_config', 'register_attention_backends', 'attention_flops', 'attention_impls', 'bench_attention',
-           'bench_memory_bound', 'MATMUL_CONFIGS', 'grouped_tile', 'matmul_config', 'matmul_triton', 'row_major_tile',
-           'tiles_loaded_per_wave', 'linear_cross_entropy_reference', 'default_chunk_size',
-           'LinearCrossEntropyFunction', 'linear_cross_entropy', 'linear_cross_entropy_memory', 'lm_loss']
+           'matmul_tile_efficiency', 'TritonUnavailable', 'cached_launch', 'interpret_triton_without_gpu',
+           'triton_available', 'triton_interpreting', 'GELU_CUDA_SOURCE', 'gelu_cuda', 'gelu_eager', 'gelu_torch',
+           'gelu_triton', 'softmax_eager', 'softmax_memory_traffic', 'softmax_triton', 'RMSNORM_BWD_CONFIG',
+           'RMSNORM_MAX_DIM', 'RMSNormTritonFunction', 'TritonRMSNorm', 'rmsnorm_eager', 'rmsnorm_triton',
+           'FLASH_CONFIGS', 'FlashAttention2PyTorch', 'FlashAttention2Triton', 'attention_reference',
+           'flash_attention_triton', 'flash_config', 'register_attention_backends', 'attention_flops',
+           'attention_impls', 'bench_attention', 'bench_memory_bound', 'MATMUL_CONFIGS', 'grouped_tile',
+           'matmul_config', 'matmul_triton', 'row_major_tile', 'tiles_loaded_per_wave',
+           'linear_cross_entropy_reference', 'default_chunk_size', 'LinearCrossEntropyFunction', 'linear_cross_entropy',
+           'linear_cross_entropy_memory', 'lm_loss']
 
 # %% ../../nbs/06_kernels.ipynb #634aaa60
-from ._triton import (TritonUnavailable, _import_triton, interpret_triton_without_gpu, triton_available,
-                                      triton_interpreting)
+from ._triton import (TritonUnavailable, _import_triton, cached_launch, interpret_triton_without_gpu,
+                                      triton_available, triton_interpreting)
 
 # %% ../../nbs/06_kernels.ipynb #fda70c63
 from .ceilings import *
@@ -30,7 +31,7 @@ from .matmul import *
 from .fused_cross_entropy import *
 
 _all_ = ["time_fn", "measure_copy_bandwidth", "measure_matmul_flops", "graphed_seconds", "roofline", "plot_roofline",
-         "matmul_tile_efficiency", "TritonUnavailable", "interpret_triton_without_gpu", "triton_available", "triton_interpreting",
+         "matmul_tile_efficiency", "TritonUnavailable", "cached_launch", "interpret_triton_without_gpu", "triton_available", "triton_interpreting",
          "GELU_CUDA_SOURCE", "gelu_cuda", "gelu_eager", "gelu_torch", "gelu_triton", "softmax_eager", "softmax_memory_traffic",
          "softmax_triton", "RMSNORM_BWD_CONFIG", "RMSNORM_MAX_DIM", "RMSNormTritonFunction", "TritonRMSNorm", "rmsnorm_eager",
          "rmsnorm_triton", "FLASH_CONFIGS", "FlashAttention2PyTorch", "FlashAttention2Triton", "attention_reference",

@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import os
 
+import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['TritonUnavailable', 'triton_available', 'triton_interpreting', 'interpret_triton_without_gpu']
+__all__ = ['TritonUnavailable', 'triton_available', 'triton_interpreting', 'interpret_triton_without_gpu', 'cached_launch']
 
 # %% ../../nbs/06a_triton.ipynb #ec66b7ad
 class TritonUnavailable(RuntimeError):
@@ -61,3 +62,41 @@ def interpret_triton_without_gpu() -> bool:
     import torch
     if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
     return triton_interpreting()
+
+# %% ../../nbs/06a_triton.ipynb #c6c542d8
+def _arg_key(a) -> tuple:
+    "What Triton specializes an argument on: `_arg_key(torch.ones(4))` is `(torch.float32, True)` (dtype, 16-byte aligned)."
+    if isinstance(a, Tensor): return (a.dtype, a.data_ptr() % 16 == 0)
+    if isinstance(a, bool): return (bool, a)
+    if isinstance(a, int): return (int, a == 1, a % 16 == 0, -2**31 <= a < 2**31)
+    if isinstance(a, float): return (float,)
+    return (type(a), a)
+
+
+# %% ../../nbs/06a_triton.ipynb #05de9592
+_COMPILED: dict = {}  # (kernel, device, num_warps, constexprs, argument keys) -> the compiled kernel Triton returned
+
+@functools.cache
+def _direct_launch_supported() -> bool:
+    "Whether this Triton's compiled kernels take every argument and the launch hooks (>= 3.3, with `triton.knobs`)."
+    t = _import_triton()
+    return not triton_interpreting() and hasattr(t, "knobs") and tuple(int(v) for v in t.__version__.split(".")[:2]) >= (3, 3)
+
+def cached_launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: tuple = (), *, num_warps: int = 4) -> None:
+    """`kernel[grid](*args, *constexprs, num_warps=num_warps)`: the kernel's constexpr parameters come last, `args[0]`
+    is a tensor. On CUDA, later calls with the same specialization skip `JITFunction.run` and call the compiled launcher."""
+    t0 = args[0]
+    if not t0.is_cuda or not _direct_launch_supported():
+        kernel[grid](*args, *constexprs, num_warps=num_warps); return
+    dev = t0.device.index
+    key = (kernel, dev, num_warps, constexprs, *map(_arg_key, args))
+    k = _COMPILED.get(key)
+    if k is None:
+        k = kernel[grid](*args, *constexprs, num_warps=num_warps)
+        if hasattr(k, "packed_metadata") and dev == torch.cuda.current_device(): _COMPILED[key] = k
+        return
+    g0, g1, g2 = (*grid, 1, 1)[:3]
+    stream, rt = torch._C._cuda_getCurrentRawStream(dev), _import_triton().knobs.runtime
+    k.run(g0, g1, g2, stream, k.function, k.packed_metadata, k.launch_metadata((g0, g1, g2), stream, *args, *constexprs),
+          rt.launch_enter_hook, rt.launch_exit_hook, *args, *constexprs)
+
