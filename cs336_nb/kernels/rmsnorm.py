@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ._triton import _bind_triton, _check_triton_inputs
+from ._triton import _bind_triton, _check_triton_inputs, cached_launch
 
 # %% auto #0
 __all__ = ['RMSNORM_MAX_DIM', 'RMSNORM_BWD_CONFIG', 'RMSNormTritonFunction', 'rmsnorm_triton', 'rmsnorm_eager', 'TritonRMSNorm']
@@ -118,8 +118,8 @@ def _as_rows(t: Tensor, D: int) -> Tensor:
     if t.dim() != 2: t = t.reshape(-1, D)
     return t if t.is_contiguous() else t.contiguous()
 
-def _rmsnorm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    "Launch the forward: (y shaped like x, float32 1/rms per row)."
+def _rmsnorm_forward(x: Tensor, weight: Tensor, eps: float, launch=cached_launch) -> tuple[Tensor, Tensor]:
+    "Launch the forward: (y shaped like x, float32 1/rms per row); `launch(kernel, grid, args, constexprs, num_warps=)`."
     if not (isinstance(x, Tensor) and isinstance(weight, Tensor) and x.is_cuda and weight.is_cuda):
         _check_triton_inputs("rmsnorm_triton", x, weight)   # the full check (type, device, interpreter) off the GPU
     fwd, _ = _rmsnorm_kernels()
@@ -128,22 +128,22 @@ def _rmsnorm_forward(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Ten
     n = x2.shape[0]
     y = torch.empty_like(x2)                                                   # (rows, D)
     rstd = torch.empty(n, device=x.device, dtype=torch.float32)                # (rows,)
-    bm, bd, nw = _rmsnorm_launch(D)
-    if n: fwd[(triton.cdiv(n, bm),)](x2, w, y, rstd, n, D, eps, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
+    bm, bd, nw = _rmsnorm_launch(int(D))  # int(): under compile with dynamic shapes D is a SymInt; specialize on it
+    if n: launch(fwd, (triton.cdiv(n, bm),), (x2, w, y, rstd, n, D, eps), (bm, bd), num_warps=nw)
     return (y if x.dim() == 2 else y.view(x.shape)), rstd
 
-def _rmsnorm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+def _rmsnorm_backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor, launch=cached_launch) -> tuple[Tensor, Tensor]:
     "Launch the backward: (dL/dx shaped like x, dL/dw in weight's dtype)."
     _, bwd = _rmsnorm_kernels()
     D = x.shape[-1]
     x2, dy2 = _as_rows(x, D), _as_rows(dy, D)
     n = x2.shape[0]
     dx = torch.empty_like(x2)                                                  # (rows, D)
-    bm, bd, nw, progs_per_sm = _rmsnorm_bwd_launch(D)
+    bm, bd, nw, progs_per_sm = _rmsnorm_bwd_launch(int(D))
     n_progs = max(1, min(triton.cdiv(n, bm), progs_per_sm * _num_sms(x2.device)))
     dw_partial = torch.empty(n_progs, D, device=x2.device, dtype=torch.float32)  # one partial sum per program
     w = weight if weight.is_contiguous() else weight.contiguous()
-    bwd[(n_progs,)](dy2, x2, w, rstd, dx, dw_partial, n, D, BLOCK_M=bm, BLOCK_D=bd, num_warps=nw)
+    launch(bwd, (n_progs,), (dy2, x2, w, rstd, dx, dw_partial, n, D), (bm, bd), num_warps=nw)
     return (dx if x.dim() == 2 else dx.view(x.shape)), dw_partial.sum(0).to(weight.dtype)
 
 # %% ../../nbs/06c_rmsnorm.ipynb #45270bf4
@@ -191,10 +191,44 @@ def _rmsnorm_op_backward(ctx, dy, _drstd):
 
 _rmsnorm_fwd_op.register_autograd(_rmsnorm_op_backward, setup_context=_rmsnorm_setup_context)
 
+# %% ../../nbs/06c_rmsnorm.ipynb #e0f37842
+def _traced_launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: tuple = (), *, num_warps: int = 4) -> None:
+    "`cached_launch` as Inductor traces it: the launch as a `wrap_triton` node of the graph."
+    torch.library.wrap_triton(kernel)[grid](*args, *constexprs, num_warps=num_warps)
+
+@functools.cache
+def _inductor_ops() -> tuple:
+    "Register the `triton_op` twins of the two operators (once) and return them."
+    _rmsnorm_kernels()                                       # Triton imported, the kernels jitted
+    @torch.library.triton_op("cs336_nb::rmsnorm_fwd_inductor", mutates_args=())
+    def fwd(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        return _rmsnorm_forward(x, weight, eps, launch=_traced_launch)
+
+    @torch.library.triton_op("cs336_nb::rmsnorm_bwd_inductor", mutates_args=())
+    def bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
+        return _rmsnorm_backward(dy, x, weight, rstd, launch=_traced_launch)
+
+    def backward(ctx, dy, _drstd):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = bwd(dy, x, weight, rstd)
+        return dx, dw, None
+    fwd.register_autograd(backward, setup_context=_rmsnorm_setup_context)
+    return fwd, bwd
+
+def _inductor_ops_ready() -> bool:
+    "Register the twins if needed; Dynamo runs this once while tracing and keeps the result as a constant."
+    _inductor_ops(); return True
+# What `torch.compiler.assume_constant_result` sets, set by hand: the decorator imports torch._dynamo, which imports
+# Triton, and this module must not import Triton before a notebook or a test has had the chance to set TRITON_INTERPRET.
+_inductor_ops_ready._dynamo_marked_constant = True
+
+
 # %% ../../nbs/06c_rmsnorm.ipynb #03603b9e
 def rmsnorm_triton(x: Float[Tensor, "... d"], weight: Float[Tensor, "d"], eps: float = 1e-5) -> Float[Tensor, "... d"]:
     "Fused RMSNorm (Triton forward and backward), computed in float32, output in x's dtype."
-    if torch.compiler.is_compiling(): return _rmsnorm_fwd_op(x, weight, float(eps))[0]
+    if torch.compiler.is_compiling():
+        if x.is_cuda and _inductor_ops_ready(): return torch.ops.cs336_nb.rmsnorm_fwd_inductor(x, weight, float(eps))[0]
+        return _rmsnorm_fwd_op(x, weight, float(eps))[0]
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return RMSNormTritonFunction.apply(x, weight, eps)
     return _rmsnorm_forward(x, weight, float(eps))[0]
