@@ -19,7 +19,8 @@ runs, no garbage collection) and in the reverse order with a collection before e
 after a few SGD steps, between one-process training on the full batch and the same batch split in two halves whose
 fp32 gradients are averaged (what two data-parallel ranks compute, with no communication at all), on the CPU and on
 CUDA (with PyTorch's fp16 reduced-precision GEMM reductions allowed, its default, and not), next to our FSDP in one
-process against the full batch."""
+process against the full batch; then the same in two processes over gloo (on one GPU both on cuda:0), communication
+included."""
 import argparse
 import gc
 import json
@@ -245,6 +246,36 @@ def _fp16_split_rounding(device: str, *, steps: int, lr: float, batch_size: int,
                 ours_one_process_vs_full=max(ours_diff.values()), split_by_param=split_diff)
 
 
+def fp16_two_ranks(rank: int, world_size: int, *, device: str, steps: int = 2, lr: float = 0.01, batch_size: int = 8,
+                   seq_len: int = 16, seed: int = 0) -> dict:
+    """Worker (gloo): our FSDP with `compute_dtype=torch.float16` on `device` (both ranks on cuda:0 on a one-GPU machine),
+    each rank half of every batch, SGD; against one-process training of the same fp16 casts on the full batch (computed
+    by every rank), the largest parameter difference: the issue's two-process comparison, communication included."""
+    import torch.distributed as dist
+    from cs336_nb.parallel import FSDP
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    full = Fp16Probe().to(dev)
+    ours = Fp16Probe().to(dev); ours.load_state_dict(full.state_dict())
+    fsdp = FSDP(ours, compute_dtype=torch.float16)
+    opt = torch.optim.SGD(fsdp.parameters(), lr=lr)
+    gen, b = torch.Generator().manual_seed(seed), batch_size // world_size
+    for _ in range(steps):
+        x = torch.randint(0, 64, (batch_size, seq_len), generator=gen).to(dev)
+        y = torch.randint(0, 64, (batch_size, seq_len), generator=gen).to(dev)
+        g_full = _fp16_grads(full, x, y)
+        with torch.no_grad():
+            for n, p in full.named_parameters(): p -= lr * g_full[n]
+        logits = fsdp(x[rank * b:(rank + 1) * b])
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y[rank * b:(rank + 1) * b].flatten()).backward()
+        fsdp.finish_gradient_synchronization(); opt.step(); opt.zero_grad(set_to_none=True)
+    ref = dict(full.named_parameters())
+    diff = {n: (p.to(dev) - ref[n]).abs().max().item() for n, p in fsdp.gather_full_params().items()}
+    worst = max(diff, key=diff.get)
+    return dict(device=f"{device}, {world_size} ranks over {dist.get_backend()}", two_ranks_vs_full=diff[worst],
+                worst_param=worst, by_param=diff)
+
+
 def trace_fsdp(smoke: bool) -> dict:
     """Both traces: memory by category (NCCL on up to two GPUs: on one, world size 1, where our FSDP sends nothing; gloo
     on the CPU with --smoke) and fp16 rounding."""
@@ -259,6 +290,8 @@ def trace_fsdp(smoke: bool) -> dict:
     out["fp16"] = [fp16_split_rounding("cpu")]
     if torch.cuda.is_available():
         out["fp16"] += [fp16_split_rounding("cuda", reduced_precision_reduction=f) for f in (True, False)]
+    out["fp16_two_ranks"] = [launch(this.fp16_two_ranks, 2, device=d, timeout=120)[0]
+                             for d in (["cpu"] + (["cuda:0"] if torch.cuda.is_available() else []))]
     from cs336_nb.core import describe_device
     out["device"], out["world_size"], out["model_params"] = describe_device(), ws, out["memory"][0]["params"]
     return out
@@ -280,6 +313,10 @@ def trace_tables(res: dict) -> str:
     for r in res["fp16"]:
         lines.append(f"| {r['device']} | {r['reduced_precision_reduction']} | {r['split_vs_full']:.2e} | {r['split_worst_param']} | "
                      f"{r['ours_one_process_vs_full']:.2e} |")
+    lines += ["", "| two processes (our FSDP, fp16 compute, SGD) | vs one process on the full batch (max param diff) | worst parameter |",
+              "|---|---:|---|"]
+    for r in res.get("fp16_two_ranks", []):
+        lines.append(f"| {r['device']} | {r['two_ranks_vs_full']:.2e} | {r['worst_param']} |")
     return "\n".join(lines)
 
 

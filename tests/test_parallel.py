@@ -1,6 +1,7 @@
 """Lecture 7 (parallelism): multi-process checks with gloo on the CPU. Every wrapper is trained for several AdamW steps
 in 1, 2 and 4 processes and compared with the same steps in one process on the full batch."""
 import math
+import sys
 
 import pytest
 import torch
@@ -244,6 +245,7 @@ def _bench_parallel():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_parallel.py"
     spec = importlib.util.spec_from_file_location("bench_parallel", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_parallel"] = mod  # by name, so that spawned workers can unpickle its functions
     spec.loader.exec_module(mod)
     return mod
 
@@ -270,3 +272,11 @@ def test_trace_fp16_split_rounding_on_cpu():
     assert res["split_vs_full"] < 1e-4  # on the CPU the two half batches round like the full one
     assert res["ours_one_process_vs_full"] < 1e-4
     assert set(res["split_by_param"]) >= {"linear1.weight", "head.weight"}
+
+
+def test_trace_fp16_two_ranks_on_cpu():
+    bp = _bench_parallel()
+    res = launch(bp.fp16_two_ranks, 2, device="cpu", timeout=120)[0]
+    assert res["two_ranks_vs_full"] < 1e-4  # two processes (communication included) round like one
+    assert res["device"] == "cpu, 2 ranks over gloo"
+    assert set(res["by_param"]) >= {"linear1.weight", "head.weight"}
