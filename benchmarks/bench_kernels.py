@@ -270,6 +270,29 @@ def host_overhead_table(cuda: bool) -> str:
     return f"Host overhead ({describe_device()}):\n\n" + "\n".join(lines)
 
 
+def profile_rmsnorm(shapes=((4096, 1024), (16384, 2048)), reps: int = 50) -> str:
+    """Where a forward+backward of RMSNorm goes (bf16, eager, `torch.autograd.grad` as in the target table): GPU
+    microseconds per step of each kernel from `torch.profiler`, next to the back-to-back wall time per step."""
+    from torch.profiler import ProfilerActivity, profile
+    lines = [f"Device: {describe_device()}", "", "| rows x d | implementation | wall us per step (back to back) | GPU us per step, all kernels | kernels (us per step) |",
+             "|---|---|---:|---:|---|"]
+    for n, d in shapes:
+        x = torch.randn(n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        w = torch.randn(d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn_like(x)
+        for name, f in (("ours", K.rmsnorm_triton), ("F.rms_norm", lambda x, w: F.rms_norm(x, (d,), w, 1e-5))):
+            step = lambda: torch.autograd.grad(f(x, w), (x, w), dy)
+            wall = per_call_back_to_back(step)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps): step()
+                torch.cuda.synchronize()
+            ks = sorted(((e.key, e.self_device_time_total / reps) for e in prof.key_averages()
+                         if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0), key=lambda r: -r[1])
+            kern = "; ".join(f"`{k[:40]}` {us:.1f}" for k, us in ks[:5])
+            lines.append(f"| {n} x {d} | {name} | {wall * 1e6:.1f} | {sum(us for _, us in ks):.1f} | {kern} |")
+    return "\n".join(lines)
+
+
 def write_results(md: str, path: Path = RESULTS) -> None:
     "Put `md` in our targets block of RESULTS.md (under the kernels section); other scripts' rows stay."
     write_block("bench_kernels.py targets", md, SECTION, path)
@@ -285,7 +308,11 @@ def main():
     ap.add_argument("--fa-tune", action="store_true", help="sweep FlashAttention launch configs at short and long sequences")
     ap.add_argument("--host-overhead", action="store_true", help="per-call host time of the RMSNorm paths (CPU: stubs only)")
     ap.add_argument("--write-results", action="store_true", help="write the --targets tables into benchmarks/RESULTS.md")
+    ap.add_argument("--profile-rmsnorm", action="store_true", help="per-kernel GPU time of RMSNorm forward+backward, ours vs F.rms_norm")
     a = ap.parse_args()
+    if a.profile_rmsnorm:
+        print(profile_rmsnorm() if torch.cuda.is_available() else "--profile-rmsnorm needs a CUDA GPU")
+        return 0
     if a.host_overhead:
         if not torch.cuda.is_available(): os.environ.setdefault("TRITON_INTERPRET", "1")
         text = host_overhead_table(torch.cuda.is_available())

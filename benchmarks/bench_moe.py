@@ -10,6 +10,7 @@ bf16 parameters and activations (the router computes in float32), 16K tokens, d_
     python benchmarks/bench_moe.py                  # on a GPU: print the tables
     python benchmarks/bench_moe.py --write-results  # ... and write them into benchmarks/RESULTS.md
     python benchmarks/bench_moe.py --small          # a tiny CPU smoke run (Triton in its interpreter)
+    python benchmarks/bench_moe.py --profile-gemm   # per-kernel GPU time of the grouped GEMMs, ours vs torch._grouped_mm
 """
 from __future__ import annotations
 
@@ -226,6 +227,43 @@ def to_markdown(res: dict) -> str:
                                                                         else "(CPU smoke run: the targets apply on the GPU.)\n")
 
 
+def profile_gemm(small: bool = False, reps: int = 10) -> str:
+    """Per kernel, GPU microseconds per forward+backward of the first expert projection at each shape: our Triton grouped
+    GEMM (forward and dA share one kernel, dB is the transposed one) against `torch._grouped_mm`, from `torch.profiler`."""
+    from torch.profiler import ProfilerActivity, profile
+    device = torch.device("cuda" if torch.cuda.is_available() and not small else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    c, act = (SMALL if small else FULL), (ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU)
+    lines = [f"Machine: {describe_device(device)}; {dtype}, {c['tokens']:,} tokens, d_model {c['d_model']}; "
+             f"per call of forward+backward, {reps} calls profiled", "",
+             "| shape | implementation | kernel | calls per step | us per step | share |", "|---|---|---|---:|---:|---:|"]
+    for s in c["shapes"]:
+        E, k, dff = s["num_experts"], s["top_k"], s["d_ff"]
+        offs = random_offs(c["tokens"], k, E, device)
+        a = torch.randn(c["tokens"] * k, c["d_model"], device=device, dtype=dtype, requires_grad=True)
+        b = (torch.randn(E, dff, c["d_model"], device=device, dtype=dtype) * c["d_model"]**-0.5).transpose(1, 2).requires_grad_()
+        dout = torch.randn(c["tokens"] * k, dff, device=device, dtype=dtype)
+        for name, f in (("triton", lambda: grouped_mm(a, b, offs)), ("torch._grouped_mm", lambda: torch._grouped_mm(a, b, offs=offs))):
+            step = lambda: torch.autograd.backward(f(), dout)
+            for _ in range(3): step()                      # autotune and warm up outside the profile
+            if device.type == "cuda": torch.cuda.synchronize()
+            with profile(activities=[act]) as prof:
+                for _ in range(reps): step()
+                if device.type == "cuda": torch.cuda.synchronize()
+            if device.type == "cuda":  # the kernels themselves (not the ops that launched them, which would count twice)
+                rows = [(e.key, e.count / reps, e.self_device_time_total / reps) for e in prof.key_averages()
+                        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+            else:
+                rows = [(e.key, e.count / reps, e.cpu_time_total / reps) for e in prof.key_averages() if "grouped" in e.key]
+            if not rows:
+                lines.append(f"| {s['name']} | {name} | none profiled (Triton's interpreter runs in Python) | | | |"); continue
+            total = sum(r[2] for r in rows)
+            for kname, calls, us in sorted(rows, key=lambda r: -r[2])[:6]:
+                lines.append(f"| {s['name']} | {name} | `{kname[:70]}` | {calls:g} | {us:,.1f} | {us / total:.0%} |")
+            lines.append(f"| {s['name']} | {name} | all kernels | | {total:,.1f} | 100% |")
+    return "\n".join(lines)
+
+
 def write_results(md: str, path: Path = RESULTS) -> None:
     "Put `md` in our block of RESULTS.md (under our section the first time); other scripts' rows stay."
     write_block("bench_moe.py", md, SECTION, path)
@@ -238,7 +276,11 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
     p.add_argument("--from-json", type=str, default=None, help="format results saved earlier instead of measuring")
     p.add_argument("--write-results", action="store_true", help="write the tables into benchmarks/RESULTS.md")
+    p.add_argument("--profile-gemm", action="store_true", help="per-kernel GPU time of the grouped GEMMs (ours vs torch), print only")
     a = p.parse_args(argv)
+    if a.profile_gemm:
+        print(profile_gemm(a.small, a.reps or (1 if a.small else 10)))
+        return 0
     res = json.loads(Path(a.from_json).read_text()) if a.from_json else run_all(a.small, a.reps or (1 if a.small else 10))
     report(res, to_markdown(res), json_path=a.json, write=write_results if a.write_results else None)
     return 0
