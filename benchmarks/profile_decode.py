@@ -31,6 +31,8 @@ CLASSES = [  # (label, test on the kernel name), first match wins. Inductor name
     ("attention in SDPA's kernel", lambda n: ("sdpa" in n or "flash" in n or "fmha" in n or "attention" in n) and not n.startswith("triton")),
     ("inductor: attention's softmax (with its value product)", lambda n: n.startswith("triton") and "softmax" in n),
     ("inductor: argmax", lambda n: "argmax" in n or "reduce_kernel" in n),
+    ("inductor: weight GEMVs (an mm lowered to a reduction; norms, SwiGLU, residuals fused in)",
+     lambda n: n.startswith("triton_") and ("_mm_" in n or n.endswith("_mm"))),
     ("inductor: multiply-sum reductions (the weight GEMVs, attention scores; norms, SwiGLU, residuals fused in)",
      lambda n: n.startswith("triton_") and "mul" in n and "sum" in n),
     ("inductor: other fused kernels (norms, RoPE, cache writes)", lambda n: n.startswith("triton")),

@@ -276,3 +276,17 @@ def test_compiled_decode_cache_is_sized_to_the_generation():
     with torch.no_grad():
         m._forward_cached(ids, None, cache)
         torch.testing.assert_close(step(torch.tensor([[4]]), cache), m(torch.cat([ids, torch.tensor([[4]])], 1))[:, -1], atol=1e-5, rtol=0)
+
+
+def test_profile_decode_classifies_inductor_gemvs():
+    "Inductor lowers a one-row matmul to a reduction named after the ops fused in it (`..._mm_...`): a weight GEMV."
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_decode.py"
+    spec = importlib.util.spec_from_file_location("profile_decode", path)
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    assert mod.classify("triton_red_fused__unsafe_view_mm_mul_sigmoid_transpose_view_11").startswith("inductor: weight GEMVs")
+    assert mod.classify("triton_red_fused_mm_transpose_view_10").startswith("inductor: weight GEMVs")
+    assert mod.classify("triton_red_fused__softmax__to_copy_add_exp_mul_11").startswith("inductor: attention's softmax")
+    assert mod.classify("nvjet_tst_128x64_64x4").startswith("weight matmuls in cuBLAS")
+    assert mod.classify("triton_poi_fused_add_1").startswith("inductor: other fused kernels")
