@@ -48,7 +48,7 @@ class _Unit:
             self.shards.append(nn.Parameter(flat[r * s:(r + 1) * s].clone()))
         self.buffer: Tensor | None = None      # the gathered full parameters (compute dtype), or None when resharded
         self.work, self._staged = None, None   # an in-flight all-gather and its buffers
-        self.pending = None                    # (work, reduced-grad buffer, which params had grads)
+        self.pending = None                    # (work, reduced-grad buffer, which params had grads, the send buffer)
 
     @property
     def dtype(self) -> torch.dtype: return self.fsdp.compute_dtype or self.shards[0].dtype
@@ -110,7 +110,7 @@ def reduce_scatter(self: _Unit, grads: tuple[Tensor | None, ...]) -> None:
         blocks.append(flat.view(ws, s))
     inp = torch.cat(blocks, dim=1).reshape(-1)  # rank-major: row r holds every parameter's shard r
     if ws == 1:
-        self.pending = (None, inp, had); return
+        self.pending = (None, inp, had, inp); return
     out = torch.empty(inp.numel() // ws, dtype=rdt, device=dev)
     op = avg_op()
     if op is None: inp.div_(ws); op = dist.ReduceOp.SUM
@@ -120,13 +120,13 @@ def reduce_scatter(self: _Unit, grads: tuple[Tensor | None, ...]) -> None:
 @patch
 def finish(self: _Unit) -> None:
     if self.pending is None: return
-    work, out, had = self.pending[:3]
+    work, out, had, inp = self.pending
     if work is not None: work.wait()
     for shard, g, h in zip(self.shards, out.split(self.shard_sizes), had):
         if not h: continue
         g = g.to(shard.dtype)
         shard.grad = g.clone() if shard.grad is None else shard.grad + g
-    if work is not None: _free_storage(out, self.pending[3])   # the reduce-scatter's output and input
+    if work is not None: _free_storage(out, inp)   # the reduce-scatter's output and input
     self.pending = None
 
 # %% ../../nbs/07b_fsdp.ipynb #017838ab
