@@ -84,7 +84,8 @@ def _direct_launch_supported() -> bool:
 
 def cached_launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: tuple = (), *, num_warps: int = 4) -> None:
     """`kernel[grid](*args, *constexprs, num_warps=num_warps)`: the kernel's constexpr parameters come last, `args[0]`
-    is a tensor. On CUDA, later calls with the same specialization skip `JITFunction.run` and call the compiled launcher."""
+    is a tensor. On CUDA, later calls with the same specialization skip `JITFunction.run` and call the compiled launcher,
+    on the current stream of `args[0]`'s GPU, which must be the current device (as Triton's own launch assumes)."""
     t0 = args[0]
     if not t0.is_cuda or not _direct_launch_supported():
         kernel[grid](*args, *constexprs, num_warps=num_warps); return
