@@ -184,12 +184,15 @@ def _rmsnorm_setup_context(ctx, inputs, output):
     x, weight, _ = inputs
     ctx.save_for_backward(x, weight, output[1])
 
-def _rmsnorm_op_backward(ctx, dy, _drstd):
-    x, weight, rstd = ctx.saved_tensors
-    dx, dw = _rmsnorm_bwd_op(dy, x, weight, rstd)
-    return dx, dw, None
+def _rmsnorm_backward_with(bwd_op):
+    "The autograd formula of a forward operator whose backward is `bwd_op(dy, x, weight, rstd) -> (dx, dw)`."
+    def backward(ctx, dy, _drstd):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = bwd_op(dy, x, weight, rstd)
+        return dx, dw, None
+    return backward
 
-_rmsnorm_fwd_op.register_autograd(_rmsnorm_op_backward, setup_context=_rmsnorm_setup_context)
+_rmsnorm_fwd_op.register_autograd(_rmsnorm_backward_with(_rmsnorm_bwd_op), setup_context=_rmsnorm_setup_context)
 
 # %% ../../nbs/06c_rmsnorm.ipynb #e0f37842
 def _traced_launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: tuple = (), *, num_warps: int = 4) -> None:
@@ -208,11 +211,7 @@ def _inductor_ops() -> tuple:
     def bwd(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor]:
         return _rmsnorm_backward(dy, x, weight, rstd, launch=_traced_launch)
 
-    def backward(ctx, dy, _drstd):
-        x, weight, rstd = ctx.saved_tensors
-        dx, dw = bwd(dy, x, weight, rstd)
-        return dx, dw, None
-    fwd.register_autograd(backward, setup_context=_rmsnorm_setup_context)
+    fwd.register_autograd(_rmsnorm_backward_with(bwd), setup_context=_rmsnorm_setup_context)
     return fwd, bwd
 
 def _inductor_ops_ready() -> bool:
