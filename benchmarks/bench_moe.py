@@ -90,14 +90,20 @@ def bench_layer(tokens: int, d_model: int, s: dict, dtype, device, reps: int) ->
     return out
 
 
-def bench_gemm(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> dict:
-    "Seconds per forward+backward of the first expert projection, (S, d) x (d, d_ff) per expert: Triton, torch, dense."
+def _gemm_inputs(tokens: int, d_model: int, s: dict, dtype, device) -> tuple:
+    "The first expert projection's operands: group offsets, tokens (S, d), expert weights (E, d, d_ff) and an output gradient."
     E, k, dff = s["num_experts"], s["top_k"], s["d_ff"]
     offs = random_offs(tokens, k, E, device)
     a = torch.randn(tokens * k, d_model, device=device, dtype=dtype, requires_grad=True)
     b = (torch.randn(E, dff, d_model, device=device, dtype=dtype) * d_model**-0.5).transpose(1, 2).requires_grad_()
+    return offs, a, b, torch.randn(tokens * k, dff, device=device, dtype=dtype)
+
+
+def bench_gemm(tokens: int, d_model: int, s: dict, dtype, device, reps: int) -> dict:
+    "Seconds per forward+backward of the first expert projection, (S, d) x (d, d_ff) per expert: Triton, torch, dense."
+    offs, a, b, dout = _gemm_inputs(tokens, d_model, s, dtype, device)
+    k, dff = s["top_k"], s["d_ff"]
     w = b[0].detach().contiguous().requires_grad_()
-    dout = torch.randn(tokens * k, dff, device=device, dtype=dtype)
     def run(f):
         def step(): torch.autograd.backward(f(), dout)
         return _time(step, reps, device)
@@ -238,11 +244,7 @@ def profile_gemm(small: bool = False, reps: int = 10) -> str:
              f"per call of forward+backward, {reps} calls profiled", "",
              "| shape | implementation | kernel | calls per step | us per step | share |", "|---|---|---|---:|---:|---:|"]
     for s in c["shapes"]:
-        E, k, dff = s["num_experts"], s["top_k"], s["d_ff"]
-        offs = random_offs(c["tokens"], k, E, device)
-        a = torch.randn(c["tokens"] * k, c["d_model"], device=device, dtype=dtype, requires_grad=True)
-        b = (torch.randn(E, dff, c["d_model"], device=device, dtype=dtype) * c["d_model"]**-0.5).transpose(1, 2).requires_grad_()
-        dout = torch.randn(c["tokens"] * k, dff, device=device, dtype=dtype)
+        offs, a, b, dout = _gemm_inputs(c["tokens"], c["d_model"], s, dtype, device)
         for name, f in (("triton", lambda: grouped_mm(a, b, offs)), ("torch._grouped_mm", lambda: torch._grouped_mm(a, b, offs=offs))):
             step = lambda: torch.autograd.backward(f(), dout)
             for _ in range(3): step()                      # autotune and warm up outside the profile
