@@ -37,7 +37,7 @@ from cs336_nb import kernels as K  # noqa: E402
 from cs336_nb.kernels import flash_attention as FA, rmsnorm as R  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, cuda_kernel_times, write_block  # noqa: E402  (benchmarks/results.py)
 
 SECTION = "## Kernels (Lecture 6)"
 RMSNORM_SHAPES = [(4096, 1024), (16384, 2048), (32768, 4096), (8192, 16384)]   # Lecture 6's table (06c)
@@ -286,8 +286,7 @@ def profile_rmsnorm(shapes=((4096, 1024), (16384, 2048)), reps: int = 50) -> str
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 for _ in range(reps): step()
                 torch.cuda.synchronize()
-            ks = sorted(((e.key, e.self_device_time_total / reps) for e in prof.key_averages()
-                         if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0), key=lambda r: -r[1])
+            ks = [(k, us) for k, _, us in cuda_kernel_times(prof, reps)]
             kern = "; ".join(f"`{k[:40]}` {us:.1f}" for k, us in ks[:5])
             lines.append(f"| {n} x {d} | {name} | {wall * 1e6:.1f} | {sum(us for _, us in ks):.1f} | {kern} |")
     return "\n".join(lines)

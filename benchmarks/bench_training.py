@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results import RESULTS, write_block  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, cuda_kernel_times, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb import accounting  # noqa: E402
 from cs336_nb.core import benchmark, describe_device, detect_accelerator, fmt_bytes, mfu  # noqa: E402
 from cs336_nb.model import ModelConfig, TransformerLM  # noqa: E402
@@ -48,6 +48,7 @@ from cs336_nb.kernels.fused_cross_entropy import default_chunk_size, linear_cros
 
 SECTION = "## Training throughput and memory (Lectures 2–4)"
 ABLATION_BLOCK = "bench_training.py:ablation"  # its own RESULTS.md block, beside the main table's
+PROFILE_BLOCK = "bench_training.py:profile"  # where the compiled step's GPU time goes (--profile)
 
 
 # ---------------------------------------------------------------- the reference: the same model from torch.nn modules
@@ -102,9 +103,9 @@ class RefLM(nn.Module):
 
 
 # ---------------------------------------------------------------- one measured configuration
-def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size: int, seq_len: int, device, *,
-            ours_loss: bool = True, compile: bool = True, reps: int = 20, warmup: int = 5, fused_loss: bool = False,
-            loss_chunk: int | None = None) -> dict:
+def make_step(model: nn.Module, optimizer, cfg: ModelConfig, batch_size: int, seq_len: int, device, *,
+              ours_loss: bool = True, compile: bool = True, fused_loss: bool = False, loss_chunk: int | None = None):
+    "One training step on a fixed random batch: compiled forward + loss, backward, clipping, optimizer, zero_grad."
     amp = device.type == "cuda"
     params = list(model.parameters())
     g = torch.Generator(device=device).manual_seed(0)
@@ -126,7 +127,15 @@ def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size
         else: torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return step
 
+
+def measure(name: str, model: nn.Module, optimizer, cfg: ModelConfig, batch_size: int, seq_len: int, device, *,
+            ours_loss: bool = True, compile: bool = True, reps: int = 20, warmup: int = 5, fused_loss: bool = False,
+            loss_chunk: int | None = None) -> dict:
+    params = list(model.parameters())
+    step = make_step(model, optimizer, cfg, batch_size, seq_len, device, ours_loss=ours_loss, compile=compile,
+                     fused_loss=fused_loss, loss_chunk=loss_chunk)
     t0 = time.perf_counter()
     step()  # compile
     if device.type == "cuda": torch.cuda.synchronize()
@@ -306,6 +315,64 @@ def predicted_memory_ablation(cfg: ModelConfig, batch_size: int, seq_len: int, *
     return max(at_backward, at_loss_forward, m["peak_at_optimizer"])
 
 
+def build_variant(v: str, cfg: ModelConfig, device) -> tuple[nn.Module, object]:
+    "The model and optimizer of `ABLATION[v]`, seeded alike for every row."
+    attn, triton_norm, _, opt_kind = ABLATION[v]
+    torch.manual_seed(0)
+    model = TransformerLM.from_config(cfg.replace(attn_backend=attn), device=device)
+    if triton_norm: use_triton_rmsnorm(model)
+    return model, make_optimizer(opt_kind, model.parameters(), device)
+
+
+KERNEL_CLASSES = [  # (label, test on a CUDA kernel's name), first match wins
+    ("ours: FlashAttention", lambda n: n.startswith("_flash_")),   # cuDNN's SDPA kernels also say "_flash_"
+    ("ours: RMSNorm", lambda n: n.startswith("_rmsnorm_")),
+    ("ours: cross-entropy", lambda n: n.startswith("_ce_row")),
+    ("SDPA flash attention", lambda n: "flash" in n.lower() or "fmha" in n.lower()),
+    ("matmul (cuBLAS / CUTLASS)", lambda n: any(t in n.lower() for t in ("gemm", "nvjet", "cutlass", "sm90_", "xmma", "cublas"))),
+    ("optimizer and clipping (multi-tensor)", lambda n: "multi_tensor" in n or "foreach" in n.lower()),
+    ("inductor's fused kernels", lambda n: n.startswith("triton_")),
+    ("copies (aten)", lambda n: "copy" in n.lower() or "CatArray" in n),
+]
+
+
+def kernel_class(name: str) -> str:
+    "The `KERNEL_CLASSES` label of a CUDA kernel name ('other' if none matches)."
+    return next((label for label, test in KERNEL_CLASSES if test(name)), "other")
+
+
+def profile_ablation(variants, batch_size: int = 16, seq_len: int = 1024, reps: int = 5, top: int = 12) -> str:
+    """Where one compiled training step's GPU time goes, per `ABLATION` row: wall ms per step next to the sum of its
+    kernels, by kernel class and the slowest kernels, from `torch.profiler` (GPU only)."""
+    from torch.profiler import ProfilerActivity, profile
+    if not torch.cuda.is_available(): raise SystemExit("--profile profiles CUDA kernels: it needs a CUDA GPU")
+    device, cfg = torch.device("cuda"), ModelConfig.gpt2_small(vocab_size=50304, context_length=seq_len)
+    out = [f"Machine: {describe_device(device)}; GPT-2-small shape, batch {batch_size}, context {seq_len}, compiled; "
+           f"{reps} steps profiled. Command: `python benchmarks/bench_training.py --profile {' '.join(repr(v) for v in variants)} --write-results`."]
+    for v in variants:
+        _, _, fused, _ = ABLATION[v]
+        model, opt = build_variant(v, cfg, device)
+        step = make_step(model, opt, cfg, batch_size, seq_len, device, fused_loss=fused, loss_chunk=LOSS_CHUNK)
+        wall = benchmark(step, warmup=3, reps=reps, device=device).median
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps): step()
+            torch.cuda.synchronize()
+        ks = cuda_kernel_times(prof, reps)
+        total = sum(us for _, _, us in ks)
+        by = {}
+        for name, calls, us in ks:
+            c = by.setdefault(kernel_class(name), [0.0, 0.0]); c[0] += calls; c[1] += us
+        out += ["", f"**{v}**: {wall * 1e3:.1f} ms per step (wall), {total / 1e3:.1f} ms of kernels "
+                    f"({sum(c for _, c, _ in ks):.0f} launches)", "",
+                "| kernel class | launches per step | ms per step | share |", "|---|---:|---:|---:|"]
+        out += [f"| {k} | {n:.0f} | {us / 1e3:.2f} | {us / total:.0%} |" for k, (n, us) in sorted(by.items(), key=lambda kv: -kv[1][1])]
+        out += ["", "| slowest kernels | launches per step | ms per step |", "|---|---:|---:|"]
+        out += [f"| `{name[:80]}` | {calls:g} | {us / 1e3:.2f} |" for name, calls, us in ks[:top]]
+        del model, opt, step, prof
+        gc.collect(); torch.cuda.empty_cache()
+    return "\n".join(out)
+
+
 def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny: bool = False,
                  batch_sizes: tuple[int, ...] = (64,), variants=None, loss_chunk: int | None = LOSS_CHUNK) -> dict:
     """Every `ABLATION` row at `batch_size`, then the `ABLATION_LARGER_BATCH` rows at each of `batch_sizes`, in this
@@ -325,11 +392,8 @@ def run_ablation(batch_size: int = 16, seq_len: int = 1024, reps: int = 10, tiny
     rows = []
     for v, bs in tqdm(plan, desc="ablation", disable=not compile):
         attn, triton_norm, fused, opt_kind = ABLATION[v]
-        torch.manual_seed(0)
         base = memory_held_now(device)
-        model = TransformerLM.from_config(cfg.replace(attn_backend=attn), device=device)
-        if triton_norm: use_triton_rmsnorm(model)
-        opt = make_optimizer(opt_kind, model.parameters(), device)
+        model, opt = build_variant(v, cfg, device)
         r = measure(v, model, opt, cfg, bs, seq_len, device, compile=compile, reps=reps,
                     warmup=1 if tiny else 3, fused_loss=fused, loss_chunk=loss_chunk)
         if r["peak_memory"] is not None: r["peak_memory"] -= base
@@ -433,7 +497,14 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", type=str, nargs="+", default=None,
                    help="format results saved earlier instead of measuring (several files: their rows in order)")
     p.add_argument("--write-results", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    p.add_argument("--profile", nargs="+", default=None, metavar="VARIANT",
+                   help="print where these ABLATION rows' compiled steps spend GPU time (torch.profiler; GPU only)")
     a = p.parse_args(argv)
+    if a.profile:
+        md = profile_ablation(a.profile, a.batch_size, a.seq_len)
+        print(md)
+        if a.write_results: write_results(md, block=PROFILE_BLOCK)
+        return 0
     if a.from_json:
         parts = [json.loads(Path(f).read_text()) for f in a.from_json]
         res = {**parts[0], "rows": [r for part in parts for r in part["rows"]]}

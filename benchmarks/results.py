@@ -45,6 +45,16 @@ def write_block(name: str, md: str, section: str, path: Path = RESULTS) -> None:
     tmp.replace(path)   # atomic: a crash never leaves half a file
 
 
+def cuda_kernel_times(prof, reps: int) -> list[tuple[str, float, float]]:
+    """(kernel name, launches per rep, GPU microseconds per rep) of every CUDA kernel in a finished `torch.profiler`
+    trace of `reps` repetitions, slowest first: the kernels themselves, not the CPU ops that launched them (those
+    would count the same time twice)."""
+    import torch
+    rows = [(e.key, e.count / reps, e.self_device_time_total / reps) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[2])
+
+
 def report(res: dict, md: str, *, json_path: str | None = None, write: Callable[[str], None] | None = None) -> None:
     "A script's last step: the raw results to `json_path` (if given), the table printed, and `write(md)` (if given)."
     if json_path: Path(json_path).write_text(json.dumps(res, indent=1))

@@ -316,6 +316,24 @@ def test_bench_script_smoke():
     assert "| ours-sdpa |" in bench_training.to_markdown(res)
 
 
+@pytest.mark.parametrize("kernel, label", [
+    ("_flash_bwd_dkdv_kernel", "ours: FlashAttention"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4", "SDPA flash attention"),
+    ("_rmsnorm_fwd_kernel", "ours: RMSNorm"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "matmul (cuBLAS / CUTLASS)"),
+    ("triton_per_fused__to_copy__unsafe_view_add_mean_mul_pow_rsqrt_7", "inductor's fused kernels"),
+    ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<a", "other"),
+])
+def test_bench_profile_kernel_classes(kernel, label):
+    "The training profile's classes, on kernel names of an H200 run (cuDNN's SDPA kernels are not ours)."
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_training
+    finally:
+        sys.path.pop(0)
+    assert bench_training.kernel_class(kernel) == label
+
+
 def test_cross_entropy_saves_no_float32_logits():
     "For backward only the bf16 logits and one float32 value per row are kept, never a float32 N x V copy."
     torch.manual_seed(0)
