@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
 if str(ROOT / "benchmarks") not in sys.path: sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results import RESULTS, report, write_block  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, cuda_kernel_times, report, write_block  # noqa: E402  (benchmarks/results.py)
 from cs336_nb import moe_grouped_gemm as G  # noqa: E402
 from cs336_nb.core import benchmark, describe_device, fmt_flops_per_s  # noqa: E402
 from cs336_nb.model import SwiGLU  # noqa: E402
@@ -253,8 +253,7 @@ def profile_gemm(small: bool = False, reps: int = 10) -> str:
                 for _ in range(reps): step()
                 if device.type == "cuda": torch.cuda.synchronize()
             if device.type == "cuda":  # the kernels themselves (not the ops that launched them, which would count twice)
-                rows = [(e.key, e.count / reps, e.self_device_time_total / reps) for e in prof.key_averages()
-                        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+                rows = cuda_kernel_times(prof, reps)
             else:
                 rows = [(e.key, e.count / reps, e.cpu_time_total / reps) for e in prof.key_averages() if "grouped" in e.key]
             if not rows:
